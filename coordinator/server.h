@@ -1,0 +1,61 @@
+/* The gRPC front end (gRPC C core, one completion queue, driven from the coordinator's loop): the
+ * loraserve.v1.Generation service (Generate unary, GenerateStream server-streaming), grpc.health.v1
+ * Health (Check, Watch), and a generic handler answering UNIMPLEMENTED for every other method.
+ *
+ * Ownership: for every accepted call the engine calls server_call_finish exactly once, also after a
+ * cancel (then nothing is sent). The call's memory is freed when the finish is done, the transport has
+ * closed and no batch is in flight. Streams have at most one SEND_MESSAGE in flight; later messages are
+ * queued in order. */
+#ifndef LORASERVE_COORDINATOR_SERVER_H
+#define LORASERVE_COORDINATOR_SERVER_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "loraserve.pb-c.h"
+
+typedef struct server server;
+typedef struct server_call server_call;
+
+typedef struct server_hooks {
+    void *ctx;
+    /* A Generate/GenerateStream call arrived. deadline_ms is CLOCK_MONOTONIC milliseconds, or INT64_MAX
+     * when the client set none. Return LS_OK to take the call (the engine now owes a finish), or an error
+     * status with err->msg: the server then answers with that status itself. `req` is only valid during
+     * the call. */
+    ls_status (*on_request)(void *ctx, server_call *call, const Loraserve__V1__GenerateRequest *req,
+                            int streaming, int64_t deadline_ms, ls_error *err);
+    /* The client cancelled, the deadline passed or the connection dropped. The engine must stop work for
+     * the call at its next step and still call server_call_finish. */
+    void (*on_cancel)(void *ctx, server_call *call);
+} server_hooks;
+
+typedef struct server_opts {
+    const char *listen_addr;        // "host:port"; port 0 picks a free one
+    int max_receive_bytes;          // larger requests get RESOURCE_EXHAUSTED from gRPC itself
+    int max_concurrent_streams;     // per connection
+} server_opts;
+
+ls_status server_create(server **out, const server_opts *opts, const server_hooks *hooks, ls_error *err);
+int server_port(const server *s);                    // the bound port
+/* Runs the completion queue for at most timeout_ms (0 = only what is ready), dispatching hooks. */
+void server_poll(server *s, int timeout_ms);
+/* Health of the whole server ("" and "loraserve.v1.Generation"): NOT_SERVING until set. */
+void server_set_serving(server *s, int serving);
+
+void server_call_set_user(server_call *c, void *user);
+void *server_call_user(const server_call *c);
+int server_call_cancelled(const server_call *c);
+/* Streaming: queue one message. Unary calls must not use it. */
+void server_call_send(server_call *c, const Loraserve__V1__GenerateResponse *msg);
+/* Ends the call: status OK sends `last` (when not NULL) then OK; another status sends only the status
+ * with msg. After a cancel it only releases the engine's hold. */
+void server_call_finish(server_call *c, const Loraserve__V1__GenerateResponse *last, ls_status status,
+                        const char *msg);
+
+/* Graceful stop: new calls get UNAVAILABLE, health turns NOT_SERVING; in-flight calls continue. */
+void server_drain(server *s);
+/* Cancels what is left, shuts the server down and frees it once every call is released. */
+void server_destroy(server *s);
+
+#endif
