@@ -40,4 +40,35 @@ const char *st_dtype_name(st_dtype t);
 /* Converts n elements of src (F32, F16 or BF16) starting at element offset `first` to fp32. */
 void st_to_f32(float *dst, const st_tensor *t, size_t first, size_t n);
 
+/* Scalar conversions (IEEE binary16 and bfloat16). Narrowing rounds to nearest even, overflows to
+ * inf, keeps subnormals, and keeps NaN a (quiet) NaN of the same sign. */
+float st_f16_to_f32(uint16_t h);
+float st_bf16_to_f32(uint16_t b);
+uint16_t st_f32_to_f16(float f);
+uint16_t st_f32_to_bf16(float f);
+/* 1 and the dtype when `name` is a safetensors dtype string this reader accepts ("F32", "BF16", ...). */
+int st_dtype_parse(const char *name, st_dtype *out);
+
+/* Writing (safetensors_write.c): the model generator, and tests that need valid files (adapters,
+ * weights). Tensors are laid out in the order given, the header is space-padded to 8 bytes as the
+ * reference writer does, and `__metadata__` is {"format": "pt"}. The data is streamed: open writes
+ * the header, then each st_writer_put appends the next bytes of the tensors in order, and close fails
+ * (and removes the file) unless exactly the announced byte count arrived. */
+typedef struct st_spec {
+    const char *name;
+    st_dtype dtype;
+    int n_dims;
+    int64_t shape[ST_MAX_DIMS];
+} st_spec;
+
+typedef struct st_writer st_writer;
+
+ls_status st_writer_open(st_writer **out, const char *path, const st_spec *specs, size_t n, ls_error *err);
+ls_status st_writer_put(st_writer *w, const void *data, size_t nbytes, ls_error *err);
+ls_status st_writer_close(st_writer *w, ls_error *err);     // NULL is fine; always frees w
+/* One call: data[i] holds tensor i's bytes (numel x dtype size). */
+ls_status st_write(const char *path, const st_spec *specs, const void *const *data, size_t n, ls_error *err);
+/* Bytes of the tensor a spec describes; 0 when the size overflows or a dimension is negative. */
+int st_spec_nbytes(const st_spec *s, size_t *out);
+
 #endif

@@ -5,7 +5,12 @@
  * Ownership: for every accepted call the engine calls server_call_finish exactly once, also after a
  * cancel (then nothing is sent). The call's memory is freed when the finish is done, the transport has
  * closed and no batch is in flight. Streams have at most one SEND_MESSAGE in flight; later messages are
- * queued in order. */
+ * queued in order.
+ *
+ * Threads: everything here, hooks included, runs on the one thread that calls server_poll and
+ * server_destroy; gRPC's own threads never call back. The hooks may call server_call_send and
+ * server_call_finish on the call they are given before returning. The process calls grpc_init() before
+ * server_create and grpc_shutdown() after server_destroy; this module calls neither. */
 #ifndef LORASERVE_COORDINATOR_SERVER_H
 #define LORASERVE_COORDINATOR_SERVER_H
 
@@ -20,7 +25,8 @@ typedef struct server_call server_call;
 typedef struct server_hooks {
     void *ctx;
     /* A Generate/GenerateStream call arrived. deadline_ms is CLOCK_MONOTONIC milliseconds, or INT64_MAX
-     * when the client set none. Return LS_OK to take the call (the engine now owes a finish), or an error
+     * when the client set none (a request already past its deadline, a malformed one, or one arriving
+     * after server_drain is answered by the server and never reaches this hook). Return LS_OK to take the call (the engine now owes a finish), or an error
      * status with err->msg: the server then answers with that status itself. `req` is only valid during
      * the call. */
     ls_status (*on_request)(void *ctx, server_call *call, const Loraserve__V1__GenerateRequest *req,
@@ -38,24 +44,31 @@ typedef struct server_opts {
 
 ls_status server_create(server **out, const server_opts *opts, const server_hooks *hooks, ls_error *err);
 int server_port(const server *s);                    // the bound port
-/* Runs the completion queue for at most timeout_ms (0 = only what is ready), dispatching hooks. */
+/* Calls arrived and not yet freed (engine-held, being answered, health Watches); for metrics and tests. */
+int server_live_calls(const server *s);
+/* Waits up to timeout_ms for the first completion (0 = none), then handles what else is ready (at most
+ * a few hundred) and returns, so the caller's next scheduler step is never starved. Dispatches hooks. */
 void server_poll(server *s, int timeout_ms);
 /* Health of the whole server ("" and "loraserve.v1.Generation"): NOT_SERVING until set. */
 void server_set_serving(server *s, int serving);
 
 void server_call_set_user(server_call *c, void *user);
 void *server_call_user(const server_call *c);
-int server_call_cancelled(const server_call *c);
-/* Streaming: queue one message. Unary calls must not use it. */
+int server_call_cancelled(const server_call *c);     // on_cancel has been called for it
+int server_call_streaming(const server_call *c);
+/* Streaming: queue one message (copied). Unary calls must not use it. Ignored once cancelled. */
 void server_call_send(server_call *c, const Loraserve__V1__GenerateResponse *msg);
 /* Ends the call: status OK sends `last` (when not NULL) then OK; another status sends only the status
- * with msg. After a cancel it only releases the engine's hold. */
+ * with msg, after the messages already queued. A unary OK with last == NULL sends an empty response.
+ * After a cancel it only releases the engine's hold. */
 void server_call_finish(server_call *c, const Loraserve__V1__GenerateResponse *last, ls_status status,
                         const char *msg);
 
 /* Graceful stop: new calls get UNAVAILABLE, health turns NOT_SERVING; in-flight calls continue. */
 void server_drain(server *s);
-/* Cancels what is left, shuts the server down and frees it once every call is released. */
+/* Cancels what is left (hooks.on_cancel runs, inside this function, for calls the engine holds), shuts
+ * the server down and frees it once every call is released. Calls the engine still holds when it returns
+ * are inert: the engine must still finish them (nothing is sent), and the last finish frees the server. */
 void server_destroy(server *s);
 
 #endif

@@ -1,1 +1,226 @@
-int main(void) { return 0; }
+/* loraserve's entry point. One binary, started by mpirun/srun: world rank 0 becomes the coordinator
+ * (gRPC, tokenizer, scheduler, page allocator; no device code), ranks 1..T become the tensor-parallel
+ * workers. Start-up is a two-round handshake so that a bad model directory or flag makes every rank
+ * exit non-zero with the cause printed, before anything listens:
+ *   1. rank 0 settles the model directory (generating the demo model when none is given) and sends it;
+ *   2. every rank loads its part and reports {status, pool capacity}; rank 0 decides and sends go/no-go
+ *      with the pool size all workers will mirror;
+ *   3. workers allocate their pools and report again; then rank 0 serves. */
+#include <errno.h>
+#include <grpc/grpc.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/channel.h"
+#include "common/log.h"
+#include "common/model_gen.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/tokenizer_gen.h"
+#include "launch/config.h"
+#include "worker/worker.h"
+
+enum { PATH_BYTES = 4096, DEMO_VOCAB = 1024 };
+
+typedef struct rank_report {
+    int32_t code;               // ls_status
+    int32_t capacity;           // pool pages this rank can hold (workers)
+    char msg[504];
+} rank_report;
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+
+static void bcast_bytes(MPI_Comm comm, void *buf, int n)
+{
+    MPI_Request r;
+    MPI_CHECK(MPI_Ibcast(buf, n, MPI_BYTE, 0, comm, &r));
+    channel_wait(&r);
+}
+
+/* Gathers every rank's report on rank 0; returns 0 when all are OK (rank 0 prints the others). */
+static int gather_reports(MPI_Comm world, const rank_report *mine, int *min_capacity)
+{
+    int rank, size, bad = 0;
+    MPI_CHECK(MPI_Comm_rank(world, &rank));
+    MPI_CHECK(MPI_Comm_size(world, &size));
+    rank_report *all = rank == 0 ? ls_xcalloc((size_t)size, sizeof *all) : NULL;
+    MPI_Request r;
+    MPI_CHECK(MPI_Igather(mine, sizeof *mine, MPI_BYTE, all, sizeof *mine, MPI_BYTE, 0, world, &r));
+    channel_wait(&r);
+    if (rank == 0) {
+        *min_capacity = INT32_MAX;
+        for (int i = 0; i < size; i++) {
+            if (all[i].code != LS_OK) {
+                fprintf(stderr, "loraserve: rank %d failed to start: %s\n", i, all[i].msg);
+                bad = 1;
+            }
+            if (i > 0 && all[i].capacity < *min_capacity) *min_capacity = all[i].capacity;
+        }
+        free(all);
+    }
+    int go = !bad;
+    bcast_bytes(world, &go, sizeof go);
+    return go ? 0 : -1;
+}
+
+static void report_error(rank_report *rep, const ls_error *err)
+{
+    rep->code = err->code ? err->code : LS_INTERNAL;
+    snprintf(rep->msg, sizeof rep->msg, "%s", err->msg);
+}
+
+/* Rank 0: the model directory to serve, generating the demo model when none is given. */
+static ls_status settle_model_dir(const ls_config *cfg, char *dir, ls_error *err)
+{
+    if (cfg->model[0]) {
+        snprintf(dir, PATH_BYTES, "%s", cfg->model);
+        return LS_OK;
+    }
+    snprintf(dir, PATH_BYTES, "%s", cfg->demo_dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return ls_fail(err, LS_INVALID_ARGUMENT, "cannot create the demo model directory %s: %s", dir, strerror(errno));
+    int vocab = 0;
+    ls_status st = tokenizer_gen_write(dir, DEMO_VOCAB, &vocab, err);
+    if (st != LS_OK) return ls_error_wrap(err, "writing the demo tokenizer");
+    model_gen_opts mg = model_gen_demo_opts(vocab);
+    if ((st = model_gen_write(dir, &mg, err)) != LS_OK) return ls_error_wrap(err, "writing the demo model");
+    LOG_I("serving the built-in demo model (%s, vocabulary %d) from %s", mg.cfg.architecture, vocab, dir);
+    return LS_OK;
+}
+
+typedef struct coord_state { model_config mc; tokenizer *tok; } coord_state;
+
+static ls_status coordinator_load(coord_state *cs, const char *dir, ls_error *err)
+{
+    ls_status st = model_config_load(&cs->mc, dir, err);
+    if (st != LS_OK) return st;
+    if ((st = tokenizer_load(&cs->tok, dir, err)) != LS_OK) return ls_error_wrap(err, "tokenizer of %s", dir);
+    if (tokenizer_vocab_size(cs->tok) > cs->mc.vocab_size)
+        return ls_fail(err, LS_INVALID_ARGUMENT, "tokenizer has %d tokens but config.json vocab_size is %d",
+                       tokenizer_vocab_size(cs->tok), cs->mc.vocab_size);
+    return LS_OK;
+}
+
+static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
+{
+    char dir[PATH_BYTES] = { 0 };
+    rank_report rep = { .code = LS_OK };
+    ls_error err = { 0 };
+    coord_state cs = { 0 };
+    if (settle_model_dir(cfg, dir, &err) != LS_OK) report_error(&rep, &err);
+    bcast_bytes(world, dir, PATH_BYTES);
+    if (rep.code == LS_OK && coordinator_load(&cs, dir, &err) != LS_OK) report_error(&rep, &err);
+    int capacity = 0;
+    if (gather_reports(world, &rep, &capacity) != 0) goto fail;
+    int n_pages = cfg->max_pages && cfg->max_pages < capacity ? cfg->max_pages : capacity;
+    if (n_pages < 1) {
+        fprintf(stderr, "loraserve: --kv-cache-mb %d holds no KV page of %d tokens\n", cfg->kv_cache_mb, cfg->page_tokens);
+        n_pages = -1;
+    }
+    bcast_bytes(world, &n_pages, sizeof n_pages);
+    if (n_pages < 1 || gather_reports(world, &rep, &capacity) != 0) goto fail;
+    LOG_I("model %s: %d layers, hidden %d, vocab %d, context %d; %d workers; pool of %d pages x %d tokens",
+          cs.mc.architecture, cs.mc.n_layers, cs.mc.hidden_size, cs.mc.vocab_size, cs.mc.max_position,
+          ch->size - 1, n_pages, cfg->page_tokens);
+    coordinator_opts o = {
+        .server = { .listen_addr = cfg->listen, .max_receive_bytes = cfg->max_request_bytes,
+                    .max_concurrent_streams = cfg->max_concurrent_streams },
+        .sched = { .n_pages = n_pages, .page_tokens = cfg->page_tokens, .max_batch = cfg->max_batch,
+                   .max_step_tokens = cfg->max_step_tokens, .max_waiting = cfg->max_waiting },
+        .port_file = cfg->port_file, .default_max_new_tokens = cfg->default_max_new_tokens,
+        .shutdown_grace_s = cfg->shutdown_grace_s,
+    };
+    grpc_init();
+    int rc = coordinator_run(&o, &cs.mc, cs.tok, ch, &stop_requested);
+    grpc_shutdown();
+    tokenizer_free(cs.tok);
+    return rc;
+fail:
+    tokenizer_free(cs.tok);
+    return 1;
+}
+
+static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, channel *ch)
+{
+    char dir[PATH_BYTES];
+    rank_report rep = { .code = LS_OK };
+    ls_error err = { 0 };
+    worker wk;
+    memset(&wk, 0, sizeof wk);
+    bcast_bytes(world, dir, PATH_BYTES);
+    if (dir[0] && worker_load(&wk, dir, workers, &err) != LS_OK) report_error(&rep, &err);
+    if (rep.code == LS_OK) rep.capacity = worker_pool_capacity(&wk, cfg->page_tokens, (size_t)cfg->kv_cache_mb << 20);
+    int unused, n_pages = 0;
+    if (gather_reports(world, &rep, &unused) != 0) goto out;
+    bcast_bytes(world, &n_pages, sizeof n_pages);
+    if (n_pages < 1) goto out;
+    if (worker_start(&wk, n_pages, cfg->page_tokens, cfg->max_step_tokens, &err) != LS_OK) report_error(&rep, &err);
+    if (gather_reports(world, &rep, &unused) != 0) goto out;
+    worker_serve(&wk, ch);
+    worker_free(&wk);
+    return 0;
+out:
+    worker_free(&wk);
+    return 1;
+}
+
+static void write_pid_file(const char *path)
+{
+    if (!path[0]) return;
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) LOG_W("cannot write the pid file %s", path);
+}
+
+int main(int argc, char **argv)
+{
+    int provided, rank, size;
+    MPI_CHECK(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided));
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    ls_config cfg;
+    int pr = config_parse(&cfg, argc, argv, rank == 0 ? stderr : fopen("/dev/null", "w"));
+    if (pr == 1 && rank == 0) config_print_help(stdout);
+    static const char *levels[] = { "error", "warn", "info", "debug" };
+    int level = LOG_INFO;
+    for (int i = 0; pr == 0 && i < 4; i++)
+        if (!strcmp(cfg.log_level, levels[i])) level = i;
+    log_init(rank, (log_level)level);
+    if (pr == 0 && size < 2) {
+        fprintf(stderr, "loraserve: needs at least 2 ranks: mpirun -np 1+T loraserve (1 coordinator + T workers)\n");
+        pr = -1;
+    }
+    if (pr != 0) {
+        MPI_Finalize();
+        return pr == 1 ? 0 : 2;
+    }
+    MPI_Comm workers;
+    MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers));
+    channel ch;
+    channel_init(&ch, MPI_COMM_WORLD);
+    int rc;
+    if (rank == 0) {
+        signal(SIGTERM, on_signal);
+        signal(SIGINT, on_signal);
+        write_pid_file(cfg.pid_file);
+        rc = run_coordinator(&cfg, MPI_COMM_WORLD, &ch);
+    } else {
+        // Only rank 0 decides when to stop: it drains and then tells the workers (mpirun forwards
+        // signals to every rank, and a worker that died first would break the drain).
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        rc = run_worker(&cfg, MPI_COMM_WORLD, workers, &ch);
+        MPI_Comm_free(&workers);
+    }
+    channel_free(&ch);
+    if (rc != 0) {
+        // A failed start-up leaves nothing in flight; abort so that mpirun reports the failure promptly.
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    MPI_Finalize();
+    return rc;
+}

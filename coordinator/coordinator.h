@@ -1,0 +1,33 @@
+/* The coordinator rank's serving loop: one thread runs the gRPC completion queue, admission, the
+ * scheduler and the step plans. A step is in flight at most once: while the workers compute it the loop
+ * keeps answering gRPC events, and request state changes (cancels) are applied only between steps, so
+ * a plan never refers to freed requests or pages. */
+#ifndef LORASERVE_COORDINATOR_COORDINATOR_H
+#define LORASERVE_COORDINATOR_COORDINATOR_H
+
+#include <signal.h>
+
+#include "common/channel.h"
+#include "common/model_config.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/server.h"
+#include "coordinator/tokenizer.h"
+
+typedef struct coordinator_opts {
+    server_opts server;
+    scheduler_opts sched;
+    const char *port_file;          // "" = none
+    int default_max_new_tokens;
+    double shutdown_grace_s;
+} coordinator_opts;
+
+typedef struct coordinator_stats {
+    uint64_t steps, tokens_generated, prompt_tokens, requests_ok, requests_failed;
+} coordinator_stats;
+
+/* Serves until *stop is set (by SIGTERM), then drains and tells the workers to stop. Returns the
+ * process exit code. */
+int coordinator_run(const coordinator_opts *o, const model_config *mc, const tokenizer *tok, channel *ch,
+                    volatile sig_atomic_t *stop);
+
+#endif

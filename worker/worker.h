@@ -1,0 +1,34 @@
+/* A worker rank: loads its shard of the model, allocates the KV pool, then executes step plans until
+ * the coordinator says stop. Worker rank 0 (world rank 1) samples and returns the token ids. */
+#ifndef LORASERVE_WORKER_WORKER_H
+#define LORASERVE_WORKER_WORKER_H
+
+#include <mpi.h>
+
+#include "common/channel.h"
+#include "common/status.h"
+#include "worker/collective.h"
+#include "worker/forward.h"
+#include "worker/weights.h"
+
+typedef struct worker {
+    model_weights w;
+    collective col;
+    forward fwd;
+    float *logits;              // (max_tokens, vocab) on worker rank 0
+    void *sample_scratch;
+    int32_t *sampled;
+} worker;
+
+/* Loads the shard of rank tp_rank in the workers' communicator. */
+ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, ls_error *err);
+/* Pages of page_tokens tokens that fit in kv_bytes on this rank. */
+int worker_pool_capacity(const worker *wk, int page_tokens, size_t kv_bytes);
+ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens, ls_error *err);
+/* Executes plans until PLAN_SHUTDOWN. */
+void worker_serve(worker *wk, channel *ch);
+/* Samples every sequence with sample = 1 from logits rows (worker rank 0 only). */
+void worker_sample(worker *wk, const plan *p, const float *logits, int32_t *out);
+void worker_free(worker *wk);
+
+#endif
