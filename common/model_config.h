@@ -4,6 +4,8 @@
 #ifndef LORASERVE_COMMON_MODEL_CONFIG_H
 #define LORASERVE_COMMON_MODEL_CONFIG_H
 
+#include <stdint.h>
+
 #include "common/status.h"
 
 #define MODEL_MAX_EOS 8
@@ -39,6 +41,31 @@ typedef struct model_config {
  * Unsupported architectures, hidden_act other than silu, attention/mlp bias, rope_scaling types other
  * than llama3, and inconsistent shapes fail with INVALID_ARGUMENT naming the field. */
 ls_status model_config_load(model_config *cfg, const char *dir, ls_error *err);
+/* The consistency rules of model_config_load on an already filled struct (the generator uses it):
+ * positive sizes, kv heads dividing heads, even head_dim, eos ids inside the vocabulary, sane rope. */
+ls_status model_config_validate(const model_config *cfg, ls_error *err);
 int model_config_is_eos(const model_config *cfg, int token);
+
+/* The checkpoint's tensors, by their Hugging Face names and [out, in] shapes, in canonical order:
+ * embed_tokens; per layer input_layernorm, q, k, v, o, post_attention_layernorm, gate, up, down;
+ * norm; lm_head (absent when tied). The generator writes exactly these; the loader requires them. */
+typedef enum model_tensor_kind {
+    MODEL_TENSOR_EMBED, MODEL_TENSOR_ATTN_NORM, MODEL_TENSOR_Q, MODEL_TENSOR_K, MODEL_TENSOR_V,
+    MODEL_TENSOR_O, MODEL_TENSOR_MLP_NORM, MODEL_TENSOR_GATE, MODEL_TENSOR_UP, MODEL_TENSOR_DOWN,
+    MODEL_TENSOR_FINAL_NORM, MODEL_TENSOR_LM_HEAD,
+} model_tensor_kind;
+
+typedef struct model_tensor {
+    char name[96];
+    model_tensor_kind kind;
+    int layer;                  // -1 outside the layers
+    int n_dims;                 // 1 (norms) or 2
+    int64_t shape[2];           // [out, in] for projections, [V, H] for embeddings, [H] for norms
+} model_tensor;
+
+/* Number of tensors of a (validated) config. */
+int model_tensor_count(const model_config *cfg);
+/* Tensor i (0 <= i < model_tensor_count) of the canonical list. */
+model_tensor model_tensor_at(const model_config *cfg, int i);
 
 #endif

@@ -250,6 +250,8 @@ static ls_status read_header(int fd, uint64_t file_size, json_doc **doc, uint64_
                        (unsigned long long)n, (unsigned long long)file_size);
     char *text = ls_xmalloc((size_t)n);
     rc = pread_all(fd, text, (size_t)n, 8, err);
+    if (!rc && !json_utf8_valid(text, (size_t)n))
+        rc = ls_fail(err, LS_INVALID_ARGUMENT, "invalid header: not valid UTF-8");
     if (!rc && (rc = json_parse(doc, text, (size_t)n, err))) ls_error_wrap(err, "invalid header");
     free(text);
     *header_len = n;

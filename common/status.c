@@ -20,12 +20,14 @@ ls_status ls_error_wrap(ls_error *e, const char *fmt, ...)
 {
     if (!e) return LS_UNKNOWN;
     char prefix[256], old[sizeof e->msg];
+    int room;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    room = (int)(sizeof e->msg - strlen(prefix) - 3);
+    snprintf(e->msg, sizeof e->msg, "%s: %.*s", prefix, room > 0 ? room : 0, old);
     return e->code;
 }
 

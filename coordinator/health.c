@@ -5,9 +5,10 @@
  *
  * Check answers NOT_FOUND for a service we do not serve (as the protocol asks); Watch instead sends
  * SERVICE_UNKNOWN and stays open, then sends every change of the status until the call ends. */
+#include "coordinator/server_impl.h"
+
 #include <string.h>
 
-#include "coordinator/server_impl.h"
 #include "health.pb-c.h"
 
 #define HEALTH_SERVICE_NAME "loraserve.v1.Generation"
@@ -28,13 +29,13 @@ static health_status health_current(const server *s, int known)
                              : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
 
-static void health_send(server_call *c, health_status st)
+/* Queued, not sent: a Check's answer must leave in one batch with its status. */
+static void health_queue(server_call *c, health_status st)
 {
     Grpc__Health__V1__HealthCheckResponse rsp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     rsp.status = st;
     c->health_sent = (int)st;
     srv_call_queue(c, srv_pack(&rsp.base));
-    srv_call_pump(c);
 }
 
 static void health_check(server_call *c, int known)
@@ -43,7 +44,7 @@ static void health_check(server_call *c, int known)
         srv_call_set_status(c, GRPC_STATUS_NOT_FOUND, "unknown service");
         return;
     }
-    health_send(c, health_current(c->s, known));
+    health_queue(c, health_current(c->s, known));
     srv_call_set_status(c, GRPC_STATUS_OK, "");
 }
 
@@ -52,7 +53,8 @@ static void health_watch(server_call *c, int known)
 {
     c->held = 1;
     c->health_known = known;
-    health_send(c, health_current(c->s, known));
+    health_queue(c, health_current(c->s, known));
+    srv_call_pump(c);
 }
 
 void health_arrived(server_call *c)
@@ -76,6 +78,8 @@ void health_notify(server *s)
     for (server_call *c = s->live; c; c = c->next) {
         if (c->method != SRV_HEALTH_WATCH || !c->held || c->dead) continue;
         health_status st = health_current(s, c->health_known);
-        if ((int)st != c->health_sent) health_send(c, st);
+        if ((int)st == c->health_sent) continue;
+        health_queue(c, st);
+        srv_call_pump(c);
     }
 }

@@ -5,15 +5,15 @@
  * way to wake a queue from another thread, so the loop waits on the queue with a deadline equal to its
  * next scheduler step (server_poll) and every hook runs on that thread. Per-call logic is in
  * server_call.c, the health service in health.c. */
+#include "coordinator/server_impl.h"
+
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
-#include <grpc/support/string_util.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "coordinator/server_impl.h"
 
 // Requests kept armed per method. A burst beyond this waits inside gRPC until the next poll re-arms,
 // so it costs latency, not correctness; Generate gets more because bursts of arrivals are normal.

@@ -47,7 +47,9 @@ int server_port(const server *s);                    // the bound port
 /* Calls arrived and not yet freed (engine-held, being answered, health Watches); for metrics and tests. */
 int server_live_calls(const server *s);
 /* Waits up to timeout_ms for the first completion (0 = none), then handles what else is ready (at most
- * a few hundred) and returns, so the caller's next scheduler step is never starved. Dispatches hooks. */
+ * a few hundred) and returns, so the caller's next scheduler step is never starved. Dispatches hooks.
+ * A signal does not cut the wait short (one of gRPC's threads may take it): keep idle timeouts short
+ * (tens of ms) so that a stop flag set by a handler is seen promptly. */
 void server_poll(server *s, int timeout_ms);
 /* Health of the whole server ("" and "loraserve.v1.Generation"): NOT_SERVING until set. */
 void server_set_serving(server *s, int serving);

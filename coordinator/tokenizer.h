@@ -19,12 +19,27 @@ void tokenizer_free(tokenizer *t);
 
 int tokenizer_vocab_size(const tokenizer *t);   // highest id + 1, added tokens included
 int tokenizer_bos_id(const tokenizer *t);       // -1 when none
+int tokenizer_eos_id(const tokenizer *t);       // -1 when none
 int tokenizer_add_bos(const tokenizer *t);      // whether encode prepends bos for a prompt
+/* Id of an exact token text (added tokens first, then the model vocab), -1 when none: how the server
+ * finds its template's control tokens ("<|eot_id|>") and stop ids. */
+int32_t tokenizer_token_id(const tokenizer *t, const char *token);
+/* The token text of an id as tokenizer.json spells it (byte-level alphabet, "\u2581"), not decoded;
+ * NULL for an id outside the vocab. Not NUL-safe: use *len. */
+const char *tokenizer_id_text(const tokenizer *t, int32_t id, size_t *len);
 
 /* Encodes user text (bos prepended when add_bos says so). Invalid UTF-8 -> INVALID_ARGUMENT naming the
  * byte offset. *ids is malloc'ed, owned by the caller. */
 ls_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
                            ls_error *err);
+/* As tokenizer_encode without bos/eos: exactly the reference library's encode(text,
+ * add_special_tokens=False) with special-token matching off. */
+ls_status tokenizer_encode_text(const tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
+                                ls_error *err);
+/* For the server's own chat template only: special tokens written in text ARE matched and become
+ * control tokens; nothing is prepended (templates spell bos themselves). Never pass user text here. */
+ls_status tokenizer_encode_template(const tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                    size_t *n, ls_error *err);
 /* Decodes ids to text as the library's decode(skip_special_tokens=True) does; malloc'ed, NUL-terminated. */
 char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n);
 
@@ -33,6 +48,10 @@ char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n);
  * pushes and the flush equals tokenizer_decode of all ids. */
 typedef struct detok detok;
 detok *detok_new(const tokenizer *t);
+/* For text that continues earlier output (generated tokens after a prompt): the start-of-text rules
+ * (SentencePiece's dropped leading space, Metaspace's first token) are not applied, so "\u2581world"
+ * streams as " world". Its deltas equal decode(prefix + ids) minus decode(prefix). */
+detok *detok_new_continuation(const tokenizer *t);
 void detok_free(detok *d);
 /* Appends the new final text to *out (malloc'ed string, may be empty ""); returns its length. */
 size_t detok_push(detok *d, int32_t id, char **out);

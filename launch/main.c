@@ -70,7 +70,7 @@ static int gather_reports(MPI_Comm world, const rank_report *mine, int *min_capa
 static void report_error(rank_report *rep, const ls_error *err)
 {
     rep->code = err->code ? err->code : LS_INTERNAL;
-    snprintf(rep->msg, sizeof rep->msg, "%s", err->msg);
+    snprintf(rep->msg, sizeof rep->msg, "%.*s", (int)sizeof rep->msg - 1, err->msg);
 }
 
 /* Rank 0: the model directory to serve, generating the demo model when none is given. */

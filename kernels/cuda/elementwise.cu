@@ -33,9 +33,9 @@ static void swiglu(T *out, const T *gate, const T *up, int n, int dim, cudaStrea
     if (n == 0) return;
     assert(out && gate && up);
     size_t total = (size_t)n * dim;
-    size_t blocks = (total + EW_THREADS - 1) / EW_THREADS;
-    swiglu_kernel<T><<<blocks < EW_MAX_BLOCKS ? (unsigned)blocks : EW_MAX_BLOCKS, EW_THREADS, 0, stream>>>(
-        out, gate, up, total);
+    size_t want = (total + EW_THREADS - 1) / EW_THREADS;
+    unsigned blocks = want < (size_t)EW_MAX_BLOCKS ? (unsigned)want : (unsigned)EW_MAX_BLOCKS;
+    swiglu_kernel<T><<<blocks, EW_THREADS, 0, stream>>>(out, gate, up, total);
     CUDA_CHECK(cudaGetLastError());
 }
 

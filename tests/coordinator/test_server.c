@@ -8,6 +8,7 @@
  *   "hold"       stream the ids, then never finish until cancelled
  *   "reject"     refused in on_request with NOT_FOUND
  *   "fail"       stream the ids, then finish with RESOURCE_EXHAUSTED
+ *   "burst"      stream: all ids in one tick, one 1 KiB message each, so that the server's send queue fills
  *   "ctl:<cmd>"  unary control, answered inside on_request: serving, not_serving, drain, stats
  * Prints "port N" on stdout once listening; SIGTERM destroys the server with calls in flight and exits 0
  * only if every call the engine held was cancelled through on_cancel. With --bad-addr it only checks that
@@ -25,7 +26,7 @@
 
 #define TICK_MS 2
 
-typedef enum job_mode { JOB_ECHO, JOB_HOLD, JOB_FAIL } job_mode;
+typedef enum job_mode { JOB_ECHO, JOB_HOLD, JOB_FAIL, JOB_BURST } job_mode;
 
 typedef struct job {
     struct job *next;
@@ -105,7 +106,8 @@ static ls_status engine_on_request(void *ctx, server_call *call, const Loraserve
     memcpy(ids, req->prompt_token_ids, req->n_prompt_token_ids * sizeof *ids);
     *j = (job){ .next = e->jobs, .call = call, .streaming = streaming, .n_ids = req->n_prompt_token_ids,
                 .ids = ids, .request_id = rid };
-    j->mode = strcmp(req->adapter, "hold") == 0 ? JOB_HOLD : strcmp(req->adapter, "fail") == 0 ? JOB_FAIL : JOB_ECHO;
+    j->mode = strcmp(req->adapter, "hold") == 0 ? JOB_HOLD : strcmp(req->adapter, "fail") == 0 ? JOB_FAIL
+            : strcmp(req->adapter, "burst") == 0 ? JOB_BURST : JOB_ECHO;
     server_call_set_user(call, j);
     e->jobs = j;
     e->n_jobs++;
@@ -135,7 +137,8 @@ static int job_step_unary(engine *e, job *j, Loraserve__V1__GenerateResponse *rs
     return 1;
 }
 
-/* Stream: one id per tick; echo sends its last id with the finish, the others outlive their ids. */
+/* Stream: one id per tick (burst: all in the first). Echo and burst send the last id with the finish;
+ * hold and fail carry on after the ids. */
 static int job_step_stream(engine *e, job *j, Loraserve__V1__GenerateResponse *rsp)
 {
     size_t left = j->n_ids - j->sent;
@@ -144,10 +147,18 @@ static int job_step_stream(engine *e, job *j, Loraserve__V1__GenerateResponse *r
         engine_finish(e, j, NULL, LS_RESOURCE_EXHAUSTED, "kv cache full");
         return 1;
     }
-    rsp->n_token_ids = left ? 1 : 0;
+    char pad[1025];     // burst messages are padded so that they outrun HTTP/2 flow control and queue up
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    if (j->mode == JOB_BURST) rsp->text = pad;
     rsp->token_ids = j->ids + j->sent;
+    for (; j->mode == JOB_BURST && left > 1; left--, rsp->token_ids++, j->sent++) {
+        rsp->n_token_ids = 1;
+        server_call_send(j->call, rsp);
+    }
+    rsp->n_token_ids = left ? 1 : 0;
     j->sent += rsp->n_token_ids;
-    if (left <= 1 && j->mode == JOB_ECHO) {
+    if (left <= 1 && (j->mode == JOB_ECHO || j->mode == JOB_BURST)) {
         rsp->finish_reason = LORASERVE__V1__FINISH_REASON__FINISH_REASON_LENGTH;
         rsp->completion_tokens = (uint32_t)j->n_ids;
         engine_finish(e, j, rsp, LS_OK, NULL);

@@ -91,7 +91,8 @@ static void check_case(const attn_case *c, test_rng *rng)
     int32_t table[N_PAGES];
     scrambled_table(table, pages, rng);
     float *k = xcalloc(len * kv_row, sizeof *k), *v = xcalloc(len * kv_row, sizeof *v);
-    float *q = xcalloc(q_total, sizeof *q), *out = xcalloc(q_total, sizeof *out), *scratch = xcalloc(len, sizeof *scratch);
+    float *q = xcalloc(q_total, sizeof *q), *out = xcalloc(q_total, sizeof *out);
+    float *scratch = xcalloc(len, sizeof *scratch);
     double *want = xcalloc(q_total, sizeof *want), *tol = xcalloc(q_total, sizeof *tol), *w = xcalloc(len, sizeof *w);
     fill_uniform(k, len * kv_row, rng, -1.0f, 1.0f);
     fill_uniform(v, len * kv_row, rng, -1.0f, 1.0f);
