@@ -318,16 +318,19 @@ size_t detok_flush(detok *d, char **out)
     return take_out(d, out);
 }
 
-char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n)
+char *tokenizer_decode_len(const tokenizer *t, const int32_t *ids, size_t n, size_t *len)
 {
     detok *d = detok_make(t, false);
     for (size_t i = 0; i < n; i++) push_id(d, ids[i]);
     flush_all(d);
     char *s;
-    take_out(d, &s);
+    size_t l = take_out(d, &s);
+    if (len) *len = l;
     detok_free(d);
     return s;
 }
+
+char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n) { return tokenizer_decode_len(t, ids, n, NULL); }
 
 /* ---- loading ------------------------------------------------------------------------------------- */
 

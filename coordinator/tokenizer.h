@@ -42,6 +42,8 @@ ls_status tokenizer_encode_template(const tokenizer *t, const char *text, size_t
                                     size_t *n, ls_error *err);
 /* Decodes ids to text as the library's decode(skip_special_tokens=True) does; malloc'ed, NUL-terminated. */
 char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n);
+/* The same, with the byte length: decoded text can hold NUL (a <0x00> byte token, a NUL in the prompt). */
+char *tokenizer_decode_len(const tokenizer *t, const int32_t *ids, size_t n, size_t *len);
 
 /* Incremental detokenization for streaming: push one id at a time, get the bytes that are final
  * (never a partial UTF-8 sequence); flush at the end returns what is left. The concatenation of all

@@ -3,7 +3,7 @@
  * the storage type first and the CPU twin runs on those rounded values, so the tolerances only have to
  * cover the device's own fp32 arithmetic plus one rounding of the output to the storage type. Outputs
  * are NaN-poisoned (all-ones bytes are NaN in all three types) so an element a kernel forgets to write
- * fails. Skips (exit 77) when there is no usable CUDA device. */
+ * fails. Skips (a TAP skip plan) when there is no usable CUDA device. */
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
