@@ -206,7 +206,9 @@ int coordinator_run(const coordinator_opts *o, const model_config *mc, const tok
         rc = 1;
     } else {
         write_port_file(o->port_file, server_port(c.srv));
-        printf("loraserve: listening on %s (port %d)\n", o->server.listen_addr, server_port(c.srv));
+        const char *colon = strrchr(o->server.listen_addr, ':');
+        int host_len = colon ? (int)(colon - o->server.listen_addr) : (int)strlen(o->server.listen_addr);
+        printf("loraserve: listening on %.*s:%d\n", host_len, o->server.listen_addr, server_port(c.srv));
         fflush(stdout);
         server_set_serving(c.srv, 1);
         int64_t grace_end = 0;

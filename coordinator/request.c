@@ -121,7 +121,7 @@ void request_free(request *r)
     free(r);
 }
 
-static void text_append(request *r, const char *s, size_t n)
+static void text_push(request *r, const char *s, size_t n)
 {
     if (r->text_len + n + 1 > r->text_cap) {
         r->text_cap = (r->text_len + n + 1) * 2;
@@ -130,6 +130,17 @@ static void text_append(request *r, const char *s, size_t n)
     memcpy(r->text + r->text_len, s, n);
     r->text_len += n;
     r->text[r->text_len] = 0;
+}
+
+/* Appends decoded text. A U+0000 byte becomes U+FFFD: response strings are NUL-terminated C strings in
+ * protobuf-c, and a NUL would silently cut the text there (token_ids stay exact). */
+static void text_append(request *r, const char *s, size_t n)
+{
+    for (const char *nul; n && (nul = memchr(s, 0, n)); n -= (size_t)(nul - s) + 1, s = nul + 1) {
+        text_push(r, s, (size_t)(nul - s));
+        text_push(r, "\xEF\xBF\xBD", 3);
+    }
+    text_push(r, s, n);
 }
 
 /* Cuts the text at the first stop string found in its new part; 1 when one was found. */
