@@ -53,6 +53,8 @@ static ls_status prompt_ids(const request_limits *lim, const Loraserve__V1__Gene
         memcpy(*ids, pb->prompt_token_ids, *n * sizeof **ids);
         return LS_OK;
     }
+    if (!lim->tok)
+        return ls_fail(err, LS_FAILED_PRECONDITION, "this model has no tokenizer.json: send prompt_token_ids");
     ls_status st = tokenizer_encode(lim->tok, pb->prompt, strlen(pb->prompt), ids, n, err);
     if (st != LS_OK) return ls_error_wrap(err, "prompt");
     if (*n == 0) return ls_fail(err, LS_INVALID_ARGUMENT, "prompt is empty after tokenization");
@@ -103,7 +105,7 @@ ls_status request_new(request **out, const request_limits *lim, const Loraserve_
     r->n_prompt = r->n_tokens = (int)n;
     r->max_new_tokens = (int)max_new;
     copy_params(r, pb);
-    r->dt = detok_new(lim->tok);
+    r->dt = lim->tok ? detok_new(lim->tok) : NULL;     // no tokenizer: responses carry ids only
     r->text = ls_xcalloc(1, 1);
     r->text_cap = 1;
     *out = r;
@@ -159,6 +161,15 @@ static int cut_at_stop(request *r, size_t old_len)
     return 1;
 }
 
+static void flush_text(request *r)
+{
+    if (!r->dt) return;
+    char *tail = NULL;
+    size_t n = detok_flush(r->dt, &tail);
+    text_append(r, tail, n);
+    free(tail);
+}
+
 static int is_stop_id(const request *r, const request_limits *lim, int32_t id)
 {
     for (int i = 0; i < r->n_stop_ids; i++)
@@ -171,25 +182,19 @@ Loraserve__V1__FinishReason request_append(request *r, const request_limits *lim
     LS_ASSERT(r->n_tokens < r->cap_tokens);
     r->tokens[r->n_tokens++] = id;
     if (is_stop_id(r, lim, id)) {
-        char *tail = NULL;
-        size_t n = detok_flush(r->dt, &tail);
-        text_append(r, tail, n);
-        free(tail);
+        flush_text(r);
         if (r->n_stop) cut_at_stop(r, 0);
         return LORASERVE__V1__FINISH_REASON__FINISH_REASON_STOP;
     }
     size_t old = r->text_len;
-    char *piece = NULL;
-    size_t n = detok_push(r->dt, id, &piece);
-    text_append(r, piece, n);
-    free(piece);
-    int done_len = request_generated(r) >= r->max_new_tokens || r->n_tokens >= lim->model->max_position;
-    if (done_len) {
-        char *tail = NULL;
-        n = detok_flush(r->dt, &tail);
-        text_append(r, tail, n);
-        free(tail);
+    if (r->dt) {
+        char *piece = NULL;
+        size_t n = detok_push(r->dt, id, &piece);
+        text_append(r, piece, n);
+        free(piece);
     }
+    int done_len = request_generated(r) >= r->max_new_tokens || r->n_tokens >= lim->model->max_position;
+    if (done_len) flush_text(r);
     if (r->n_stop && cut_at_stop(r, old)) return LORASERVE__V1__FINISH_REASON__FINISH_REASON_STOP;
     return done_len ? LORASERVE__V1__FINISH_REASON__FINISH_REASON_LENGTH
                     : LORASERVE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;

@@ -98,6 +98,13 @@ static ls_status coordinator_load(coord_state *cs, const char *dir, ls_error *er
 {
     ls_status st = model_config_load(&cs->mc, dir, err);
     if (st != LS_OK) return st;
+    char path[PATH_BYTES + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (access(path, F_OK) != 0) {
+        // As vLLM's skip_tokenizer_init: such a model is served by token ids only.
+        LOG_W("%s has no tokenizer.json: serving token ids only (text prompts are refused)", dir);
+        return LS_OK;
+    }
     if ((st = tokenizer_load(&cs->tok, dir, err)) != LS_OK) return ls_error_wrap(err, "tokenizer of %s", dir);
     if (tokenizer_vocab_size(cs->tok) > cs->mc.vocab_size)
         return ls_fail(err, LS_INVALID_ARGUMENT, "tokenizer has %d tokens but config.json vocab_size is %d",
