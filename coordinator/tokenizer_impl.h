@@ -1,7 +1,8 @@
 /* Internals shared by the tokenizer's translation units, kept out of tokenizer.h so that the public
  * contract stays small. The split follows the Hugging Face pipeline, one concept per file:
  *   tokenizer.c        loading tokenizer.json / tokenizer_config.json, added tokens, the encode driver
- *   tokenizer_pretok.c normalizers and pre-tokenizers (PCRE2 for the split regexes, ICU for NFC)
+ *   tokenizer_pretok.c normalizers and pre-tokenizers (ICU for NFC)
+ *   tokenizer_regex.c  the split regexes: Oniguruma syntax as tokenizer.json writes it, run with PCRE2
  *   tokenizer_bpe.c    the BPE model: vocab, merges by rank with a heap, byte fallback, byte-level alphabet
  *   detok.c            decoders, decode and streaming (one engine, so both always agree)
  *   tokenizer_util.c   the string map, byte buffers, piece lists and UTF-8 helpers they all use */
@@ -116,6 +117,19 @@ ls_status tok_bpe_word(const tok_bpe *m, const char *w, size_t n, tok_bpe_scratc
  * code points outside the alphabet. */
 uint32_t tok_bytelevel_cp(uint8_t b);
 int tok_bytelevel_byte(uint32_t cp);
+
+/* ---- tokenizer_regex.c -------------------------------------------------------------------------- */
+
+typedef struct tok_regex tok_regex;         // a compiled pattern, shared by all threads
+typedef struct tok_matcher tok_matcher;     // the match state of one call (PCRE2 match data, JIT stack)
+/* `what` names the component in the error ("pre_tokenizer Split: regex ...: missing )"). */
+ls_status tok_regex_compile(tok_regex **out, const char *pat, size_t n, const char *what, ls_error *err);
+void tok_regex_free(tok_regex *re);
+/* Next match of re in s[0..n) at or after `from`: 1 with [*ms, *me), 0 when there is none, -1 on a
+ * matching error. *m is created on first use; the caller frees it with tok_matcher_free. */
+int tok_regex_next(tok_matcher **m, const tok_regex *re, const char *s, size_t n, size_t from, size_t *ms,
+                   size_t *me);
+void tok_matcher_free(tok_matcher *m);
 
 /* ---- tokenizer_pretok.c -------------------------------------------------------------------------- */
 

@@ -1,13 +1,10 @@
 /* Normalizers and pre-tokenizers of tokenizer.json: what happens to text before the BPE model sees it.
- * Unicode classes come from libraries, never from tables of our own: PCRE2 (UTF + UCP, JIT) runs the
- * split regexes (\p{L}, \p{N}) and ICU does NFC/NFKC. The reference library runs these regexes with
- * Oniguruma, whose \s is Unicode White_Space (it includes U+0085, which PCRE2's \s leaves out) and whose
- * \w includes marks, so patterns are rewritten to name those properties explicitly before compiling.
+ * Unicode classes come from libraries, never from tables of our own: PCRE2 runs the split regexes
+ * (tokenizer_regex.c) and ICU does NFC/NFKC. Each step is applied to every piece the previous one made,
+ * with the reference's split behaviours (Isolated, MergedWithNext, ...) reproduced exactly.
  * Anything this file does not implement fails loading with the component's name, never silently. */
 #include "coordinator/tokenizer_impl.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unicode/unorm2.h>
@@ -24,7 +21,7 @@ typedef struct norm_step {
     norm_kind kind;
     char *a, *b;                // Prepend: a = prefix; Replace: a = literal pattern (NULL with re), b = content
     size_t a_len, b_len;
-    pcre2_code *re;             // Replace with a Regex pattern (owned)
+    tok_regex *re;              // Replace with a Regex pattern (owned)
     const UNormalizer2 *icu;    // NFC/NFD/NFKC/NFKD (owned by ICU)
     bool left, right;           // Strip
 } norm_step;
@@ -33,7 +30,7 @@ typedef enum pre_kind { PRE_SPLIT, PRE_BYTE_LEVEL, PRE_METASPACE } pre_kind;
 typedef enum prepend_scheme { PREPEND_NEVER, PREPEND_ALWAYS, PREPEND_FIRST } prepend_scheme;
 typedef struct pre_step {
     pre_kind kind;
-    pcre2_code *re;             // Split regex / ByteLevel use_regex (owned), NULL for a literal
+    tok_regex *re;              // Split regex / ByteLevel use_regex (owned), NULL for a literal
     char *lit;                  // Split literal pattern (owned)
     size_t lit_len;
     split_behavior behavior;
@@ -51,97 +48,6 @@ struct tok_pipeline {
     pre_step *pre;              // owned, flattened Sequence
     size_t n_pre;
 };
-
-/* ---- regexes ------------------------------------------------------------------------------------- */
-
-#define WS "\\p{White_Space}"
-#define WORD "\\p{L}\\p{M}\\p{Nd}\\p{Pc}"
-
-/* Rewrites Oniguruma's Unicode \s \S \w \W \d for PCRE2, which would otherwise read them differently. */
-static ls_status onig_to_pcre2(const char *p, size_t n, tok_buf *out, const char *what, ls_error *err)
-{
-    bool in_class = false;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '\\' && i + 1 < n) {
-            char e = p[++i];
-            const char *r = NULL;
-            if (e == 's') r = WS;
-            else if (e == 'S') r = in_class ? NULL : "\\P{White_Space}";
-            else if (e == 'w') r = in_class ? WORD : "[" WORD "]";
-            else if (e == 'W') r = in_class ? NULL : "[^" WORD "]";
-            else if (e == 'd') r = "\\p{Nd}";
-            if (!r && (e == 'S' || e == 'W'))
-                return ls_fail(err, LS_INVALID_ARGUMENT, "%s: unsupported \\%c inside a class", what, e);
-            if (r) tok_buf_put(out, r, strlen(r));
-            else tok_buf_put(out, p + i - 1, 2);
-            continue;
-        }
-        if (c == '[' && !in_class) in_class = true;
-        else if (c == ']' && in_class) in_class = false;
-        tok_buf_putc(out, c);
-    }
-    return LS_OK;
-}
-
-static ls_status regex_compile(const char *pat, size_t n, pcre2_code **out, const char *what, ls_error *err)
-{
-    tok_buf t = {0};
-    ls_status rc = onig_to_pcre2(pat, n, &t, what, err);
-    if (rc != LS_OK) {
-        tok_buf_free(&t);
-        return rc;
-    }
-    int code;
-    PCRE2_SIZE at;
-    *out = pcre2_compile((PCRE2_SPTR)(t.p ? t.p : ""), t.n, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &code,
-                         &at, NULL);
-    tok_buf_free(&t);
-    if (!*out) {
-        PCRE2_UCHAR msg[160];
-        pcre2_get_error_message(code, msg, sizeof msg);
-        return ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex \"%.*s\": %s", what, (int)n, pat, (char *)msg);
-    }
-    pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE);    // interpreted when JIT is unavailable
-    return LS_OK;
-}
-
-/* Match state for one encode call: PCRE2 match data is per thread, the compiled code is shared. */
-typedef struct matcher {
-    pcre2_match_data *md;
-    pcre2_match_context *ctx;
-    pcre2_jit_stack *stack;
-} matcher;
-
-static void matcher_free(matcher *m)
-{
-    pcre2_match_data_free(m->md);
-    pcre2_match_context_free(m->ctx);
-    pcre2_jit_stack_free(m->stack);
-    *m = (matcher){0};
-}
-
-/* Next match at or after `from`; returns 0 when none, -1 on a matching error. */
-static int regex_next(matcher *m, const pcre2_code *re, const char *s, size_t n, size_t from, size_t *ms,
-                      size_t *me)
-{
-    if (!m->md) m->md = pcre2_match_data_create(1, NULL);
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->ctx);
-        if (rc == PCRE2_ERROR_NOMATCH) return 0;
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !m->stack) {  // long runs: give JIT a bigger stack
-            m->ctx = pcre2_match_context_create(NULL);
-            m->stack = pcre2_jit_stack_create(64 * 1024, 64 * 1024 * 1024, NULL);
-            pcre2_jit_stack_assign(m->ctx, NULL, m->stack);
-            continue;
-        }
-        if (rc < 0) return -1;
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(m->md);
-        *ms = ov[0], *me = ov[1];
-        return 1;
-    }
-    return -1;
-}
 
 /* ---- spans: the (offsets, is_match) cover of a piece, then the split behaviour ------------------- */
 
@@ -163,12 +69,12 @@ static void spans_add(spans *s, size_t a, size_t b, bool match)
     s->v[s->n++] = (span){a, b, match};
 }
 
-static ls_status find_spans(const pre_step *st, matcher *m, const char *s, size_t n, spans *out, ls_error *err)
+static ls_status find_spans(const pre_step *st, tok_matcher **m, const char *s, size_t n, spans *out, ls_error *err)
 {
     size_t prev = 0, pos = 0, ms, me;
     for (;;) {
         if (st->re) {
-            int rc = regex_next(m, st->re, s, n, pos, &ms, &me);
+            int rc = tok_regex_next(m, st->re, s, n, pos, &ms, &me);
             if (rc < 0) return ls_fail(err, LS_INTERNAL, "pre_tokenizer Split: regex matching failed");
             if (!rc) break;
         } else {
@@ -220,7 +126,7 @@ static void apply_behavior(spans *s, split_behavior b, bool invert)
 
 /* ---- pre-tokenizers ------------------------------------------------------------------------------ */
 
-static ls_status split_piece(const pre_step *st, matcher *m, const char *s, size_t n, bool first,
+static ls_status split_piece(const pre_step *st, tok_matcher **m, const char *s, size_t n, bool first,
                              tok_pieces *out, ls_error *err)
 {
     spans sp = {0};
@@ -244,7 +150,7 @@ static void bytes_to_alphabet(const char *s, size_t n, tok_buf *out)
     }
 }
 
-static ls_status byte_level_piece(const pre_step *st, matcher *m, const char *s, size_t n, bool first,
+static ls_status byte_level_piece(const pre_step *st, tok_matcher **m, const char *s, size_t n, bool first,
                                   tok_pieces *out, ls_error *err)
 {
     tok_buf tmp = {0};
@@ -292,7 +198,7 @@ static void metaspace_piece(const pre_step *st, const char *s, size_t n, bool fi
     tok_buf_free(&u);
 }
 
-static ls_status pre_step_run(const pre_step *st, matcher *m, const tok_pieces *in, tok_pieces *out,
+static ls_status pre_step_run(const pre_step *st, tok_matcher **m, const tok_pieces *in, tok_pieces *out,
                               ls_error *err)
 {
     ls_status rc = LS_OK;
@@ -309,7 +215,7 @@ static ls_status pre_step_run(const pre_step *st, matcher *m, const tok_pieces *
 
 ls_status tok_pretokenize(const tok_pipeline *p, const tok_pieces *in, tok_pieces *out, ls_error *err)
 {
-    matcher m = {0};
+    tok_matcher *m = NULL;
     tok_pieces cur = {0};
     ls_status rc = LS_OK;
     for (size_t i = 0; i < in->n; i++)
@@ -320,7 +226,7 @@ ls_status tok_pretokenize(const tok_pipeline *p, const tok_pieces *in, tok_piece
         tok_pieces_free(&cur);
         cur = next;
     }
-    matcher_free(&m);
+    tok_matcher_free(m);
     *out = cur;
     return rc;
 }
@@ -375,10 +281,10 @@ static void replace_literal(const norm_step *st, const char *s, size_t n, tok_bu
 
 static ls_status replace_regex(const norm_step *st, const char *s, size_t n, tok_buf *out, ls_error *err)
 {
-    matcher m = {0};
+    tok_matcher *m = NULL;
     size_t i = 0, ms, me;
     int rc;
-    while (i <= n && (rc = regex_next(&m, st->re, s, n, i, &ms, &me)) > 0) {
+    while (i <= n && (rc = tok_regex_next(&m, st->re, s, n, i, &ms, &me)) > 0) {
         tok_buf_put(out, s + i, ms - i);
         tok_buf_put(out, st->b, st->b_len);
         if (me == ms) {         // an empty match replaces nothing: copy one character and go on
@@ -388,7 +294,7 @@ static ls_status replace_regex(const norm_step *st, const char *s, size_t n, tok
         }
         i = me;
     }
-    matcher_free(&m);
+    tok_matcher_free(m);
     if (i < n) tok_buf_put(out, s + i, n - i);
     return rc < 0 ? ls_fail(err, LS_INTERNAL, "normalizer Replace: regex matching failed") : LS_OK;
 }
@@ -459,7 +365,7 @@ static const json *get_string(const json *o, const char *key)
 }
 
 /* A {"String": ...} or {"Regex": ...} pattern: a literal goes to *lit, a regex is compiled. */
-static ls_status load_pattern(const json *o, char **lit, size_t *lit_len, pcre2_code **re, const char *what,
+static ls_status load_pattern(const json *o, char **lit, size_t *lit_len, tok_regex **re, const char *what,
                               ls_error *err)
 {
     const json *pat = json_get(o, "pattern"), *v;
@@ -467,7 +373,7 @@ static ls_status load_pattern(const json *o, char **lit, size_t *lit_len, pcre2_
         *lit = dup_str(v, lit_len);
         return LS_OK;
     }
-    if ((v = get_string(pat, "Regex"))) return regex_compile(v->str, v->len, re, what, err);
+    if ((v = get_string(pat, "Regex"))) return tok_regex_compile(re, v->str, v->len, what, err);
     return ls_fail(err, LS_INVALID_ARGUMENT, "%s: pattern must be {\"String\"} or {\"Regex\"}", what);
 }
 
@@ -568,14 +474,14 @@ static ls_status load_pre_one(pre_step *st, const char *type, const json *o, ls_
             !json_get_bool(o, "use_regex", 1, &use_regex, err))
             return ls_error_wrap(err, "pre_tokenizer ByteLevel");
         st->kind = PRE_BYTE_LEVEL, st->add_prefix_space = prefix, st->behavior = SPLIT_ISOLATED;
-        return use_regex ? regex_compile(GPT2_SPLIT, strlen(GPT2_SPLIT), &st->re, "pre_tokenizer ByteLevel", err)
+        return use_regex ? tok_regex_compile(&st->re, GPT2_SPLIT, strlen(GPT2_SPLIT), "pre_tokenizer ByteLevel", err)
                          : LS_OK;
     }
     if (!strcmp(type, "Digits")) {      // Rust's char::is_numeric is exactly \p{N}
         int single = 0;
         if (!json_get_bool(o, "individual_digits", 0, &single, err)) return ls_error_wrap(err, "pre_tokenizer Digits");
         st->kind = PRE_SPLIT, st->behavior = single ? SPLIT_ISOLATED : SPLIT_CONTIGUOUS;
-        return regex_compile("\\p{N}", 5, &st->re, "pre_tokenizer Digits", err);
+        return tok_regex_compile(&st->re, "\\p{N}", 5, "pre_tokenizer Digits", err);
     }
     if (!strcmp(type, "Metaspace")) return load_metaspace(st, o, err);
     return ls_fail(err, LS_INVALID_ARGUMENT, "unsupported pre_tokenizer '%s'", type);
@@ -620,11 +526,11 @@ void tok_pipeline_free(tok_pipeline *p)
     for (size_t i = 0; i < p->n_norm; i++) {
         free(p->norm[i].a);
         free(p->norm[i].b);
-        pcre2_code_free(p->norm[i].re);
+        tok_regex_free(p->norm[i].re);
     }
     for (size_t i = 0; i < p->n_pre; i++) {
         free(p->pre[i].lit);
-        pcre2_code_free(p->pre[i].re);
+        tok_regex_free(p->pre[i].re);
     }
     free(p->norm);
     free(p->pre);

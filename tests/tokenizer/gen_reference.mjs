@@ -1,7 +1,9 @@
 // The oracle: runs the real Hugging Face tokenizers library (Rust, through its Node binding) over the
 // corpus and writes, per corpus line, the ids and texts the C tokenizer must reproduce exactly:
 //   ids  encode(s, add_special_tokens=False) with special-token matching OFF (user text)
-//   bos  the same with add_special_tokens=True (what the post-processor adds around it)
+//   bos  the same with add_special_tokens=True, as transformers adds bos/eos: the post-processor's
+//        template, except for the Llama/Gemma tokenizer classes, whose fast tokenizers rebuild that
+//        template from tokenizer_config.json's add_bos_token/add_eos_token (DeepSeek V3 relies on it)
 //   tpl  encode(s, add_special_tokens=False) with special tokens matched (the server's own template)
 //   dec  decode(ids, skip_special_tokens=True);  dtpl  decode(tpl, skip_special_tokens=True)
 // Usage: node gen_reference.mjs <dir with tokenizer.json> <corpus.jsonl> <out.jsonl>
@@ -12,7 +14,7 @@
 // a copy of tokenizer.json whose special added tokens are renamed to text no corpus line contains
 // (private-use characters). Ids are unchanged (added tokens keep their list order), non-special added
 // tokens still match, and the model sees the special token's characters as plain text: the same result.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,12 +33,22 @@ const spec = JSON.parse(text);
 for (const t of spec.added_tokens ?? []) if (t.special) t.content = `\ue000special ${t.id}\ue001`;
 const user = Tokenizer.fromString(JSON.stringify(spec));
 
+const cfgPath = join(dir, 'tokenizer_config.json');
+const cfg = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, 'utf8')) : {};
+const content = (t) => (typeof t === 'object' && t !== null ? t.content : t);
+const fromConfig = /^(Llama|CodeLlama|Gemma)Tokenizer(Fast)?$/.test(cfg.tokenizer_class ?? '');
+const around = (ids) => [
+  ...((cfg.add_bos_token ?? true) ? [full.tokenToId(content(cfg.bos_token))] : []),
+  ...ids,
+  ...(cfg.add_eos_token ? [full.tokenToId(content(cfg.eos_token))] : []),
+];
+
 const lines = readFileSync(corpusPath, 'utf8').split('\n').filter((l) => l.length);
 const out = [];
 for (const line of lines) {
   const { s } = JSON.parse(line);
   const ids = (await user.encode(s, null, { addSpecialTokens: false })).getIds();
-  const bos = (await user.encode(s, null, { addSpecialTokens: true })).getIds();
+  const bos = fromConfig ? around(ids) : (await user.encode(s, null, { addSpecialTokens: true })).getIds();
   const tpl = (await full.encode(s, null, { addSpecialTokens: false })).getIds();
   const dec = await full.decode(ids, true);
   const dtpl = await full.decode(tpl, true);

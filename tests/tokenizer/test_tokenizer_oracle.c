@@ -191,7 +191,9 @@ int main(int argc, char **argv)
     }
     const char *name = argv[1], *corpus = argv[3], *script = argv[4];
     char mods[4096], tmp[] = "/tmp/ls-tok-oracle-XXXXXX", dir[4096], ref[sizeof tmp + 32];
-    snprintf(mods, sizeof mods, "%.*s/node_modules/@anush008/tokenizers", (int)(strrchr(script, '/') - script), script);
+    const char *slash = strrchr(script, '/');
+    snprintf(mods, sizeof mods, "%.*s/node_modules/@anush008/tokenizers", slash ? (int)(slash - script) : 1,
+             slash ? script : ".");
     if (access(mods, R_OK) != 0 || system("node --version > /dev/null 2>&1") != 0)
         TAP_SKIP_ALL("needs node and tests/tokenizer/node_modules (npm install --prefix tests/tokenizer)");
     if (strcmp(argv[2], "gen") != 0 && access(argv[2], R_OK) != 0) TAP_SKIP_ALL("tokenizer package not installed");
