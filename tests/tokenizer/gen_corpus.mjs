@@ -1,12 +1,15 @@
 // Writes corpus.jsonl: the strings the C tokenizer must encode and decode exactly as the Hugging Face
 // library does. Deterministic (seeded PRNG), so the committed corpus can be regenerated bit for bit:
 //   node tests/tokenizer/gen_corpus.mjs > tests/tokenizer/corpus.jsonl
+// A different seed gives a fresh corpus of the same shape, for ad-hoc fuzzing against the oracle:
+//   node tests/tokenizer/gen_corpus.mjs 7 > /tmp/fuzz.jsonl
+//   build/tests/tokenizer/test_tokenizer_oracle qwen3 <dir> /tmp/fuzz.jsonl tests/tokenizer/gen_reference.mjs
 // The categories are the ways tokenizers differ in practice: scripts and Unicode classes the split regex
 // reads (\p{L}, \p{N}, \s), byte fallback (emoji, rare CJK), normalization (NFC), whitespace runs,
 // digits, code, control characters, words long enough to stress merging, and text that looks like
 // special tokens (which user text must never turn into).
 
-let seed = 0x5eed1234;
+let seed = Number(process.argv[2] ?? 0x5eed1234) | 0;
 function rnd() { // mulberry32
   seed = (seed + 0x6d2b79f5) | 0;
   let t = seed;
