@@ -145,7 +145,7 @@ static double hf_num(const result *r, const char *key, const char *sub)
 
 static void print_row(const result *r)
 {
-    printf("%-8s  C %7.2f MB/s %9.0f tok/s | HF %7.2f MB/s (batch, all cores %7.2f) | decode C %7.1f MB/s | "
+    printf("%-11s C %7.2f MB/s %9.0f tok/s | HF %7.2f MB/s (batch, all cores %7.2f) | decode C %7.1f MB/s | "
            "1 MB word: C %.3f s / %.3f s, HF %.3f s / %.3f s (aaaa / random letters)\n",
            r->name, r->enc_mb_s, r->tok_s, hf_num(r, "encode_mb_s", NULL), hf_num(r, "batch_encode_mb_s", NULL),
            r->dec_mb_s, r->word_a_s, r->word_rand_s, hf_num(r, "word_1mb_s", "a"),

@@ -330,7 +330,10 @@ char *tokenizer_decode_len(const tokenizer *t, const int32_t *ids, size_t n, siz
     return s;
 }
 
-char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n) { return tokenizer_decode_len(t, ids, n, NULL); }
+char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n)
+{
+    return tokenizer_decode_len(t, ids, n, NULL);
+}
 
 /* ---- loading ------------------------------------------------------------------------------------- */
 

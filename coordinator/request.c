@@ -105,7 +105,9 @@ ls_status request_new(request **out, const request_limits *lim, const Loraserve_
     r->n_prompt = r->n_tokens = (int)n;
     r->max_new_tokens = (int)max_new;
     copy_params(r, pb);
-    r->dt = lim->tok ? detok_new(lim->tok) : NULL;     // no tokenizer: responses carry ids only
+    // Continuation mode: generated text keeps its leading space (" Paris" after a prompt), as the text
+    // of a completion reads; no tokenizer: responses carry ids only.
+    r->dt = lim->tok ? detok_new_continuation(lim->tok) : NULL;
     r->text = ls_xcalloc(1, 1);
     r->text_cap = 1;
     *out = r;

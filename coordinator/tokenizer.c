@@ -123,7 +123,7 @@ static void split_added(const match_ctx *c, const char *s, size_t n, tok_pieces 
         tok_pieces_add(out, s + start, stop - start, a->id, false);
         done = i = stop;
     }
-    if (done < n || n == 0) tok_pieces_add(out, s + done, n - done, -1, c->first && done == 0);
+    if (done < n) tok_pieces_add(out, s + done, n - done, -1, c->first && done == 0);   // empty pieces are dropped
 }
 
 /* ---- encoding ------------------------------------------------------------------------------------ */
@@ -314,7 +314,8 @@ static void template_defaults(tokenizer *t, const json *pp, int *bos, int *eos)
 {
     if (pp && pp->type == JSON_OBJECT && json_get(pp, "processors")) {
         const json *list = json_get(pp, "processors");
-        for (size_t i = 0; list->type == JSON_ARRAY && i < list->len; i++) template_defaults(t, &list->items[i], bos, eos);
+        for (size_t i = 0; list->type == JSON_ARRAY && i < list->len; i++)
+            template_defaults(t, &list->items[i], bos, eos);
         return;
     }
     const json *type = json_get(pp, "type"), *single = json_get(pp, "single");

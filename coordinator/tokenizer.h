@@ -1,7 +1,9 @@
 /* Hugging Face tokenizer.json in C: the ids the Hugging Face tokenizers library produces, for
- * SentencePiece-style BPE with byte fallback (Llama 2, Mistral) and byte-level BPE with a regex
- * pre-tokenizer (Llama 3, Qwen2/3). User text never becomes control tokens: added/special tokens are
- * matched only by the server's own template, never inside a prompt. */
+ * SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma) and byte-level BPE with a regex
+ * pre-tokenizer (Llama 3, Qwen2/3, DeepSeek V3); tests/tokenizer checks it id for id against the library.
+ * User text never becomes control tokens: special tokens are matched only in the server's own template
+ * (tokenizer_encode_template), never inside a prompt. A loaded tokenizer is immutable and may be shared
+ * by threads. */
 #ifndef LORASERVE_COORDINATOR_TOKENIZER_H
 #define LORASERVE_COORDINATOR_TOKENIZER_H
 
@@ -28,8 +30,10 @@ int32_t tokenizer_token_id(const tokenizer *t, const char *token);
  * NULL for an id outside the vocab. Not NUL-safe: use *len. */
 const char *tokenizer_id_text(const tokenizer *t, int32_t id, size_t *len);
 
-/* Encodes user text (bos prepended when add_bos says so). Invalid UTF-8 -> INVALID_ARGUMENT naming the
- * byte offset. *ids is malloc'ed, owned by the caller. */
+/* Encodes user text: special tokens written in it are plain text (the reference's
+ * split_special_tokens=True); bos prepended when add_bos says so (eos appended on add_eos_token).
+ * Invalid UTF-8 -> INVALID_ARGUMENT naming the byte offset. Thread-safe on a shared tokenizer.
+ * *ids is malloc'ed, owned by the caller. Cost is O(n log n) in the longest word. */
 ls_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
                            ls_error *err);
 /* As tokenizer_encode without bos/eos: exactly the reference library's encode(text,
@@ -52,7 +56,9 @@ typedef struct detok detok;
 detok *detok_new(const tokenizer *t);
 /* For text that continues earlier output (generated tokens after a prompt): the start-of-text rules
  * (SentencePiece's dropped leading space, Metaspace's first token) are not applied, so "\u2581world"
- * streams as " world". Its deltas equal decode(prefix + ids) minus decode(prefix). */
+ * streams as " world", as vLLM/TGI output reads. (detok_new instead matches decode(output ids) alone,
+ * which drops that space.) Its deltas equal decode(prefix + ids) minus decode(prefix) whenever the
+ * prefix decodes completely (no byte-fallback run or partial UTF-8 left open at its end). */
 detok *detok_new_continuation(const tokenizer *t);
 void detok_free(detok *d);
 /* Appends the new final text to *out (malloc'ed string, may be empty ""); returns its length. */

@@ -121,7 +121,7 @@ static ls_status load_merges(tok_bpe *m, const json *merges, ls_error *err)
             break;
         }
         // The right side's continuing-subword prefix is dropped when the pair is joined.
-        size_t skip = m->prefix_len <= bl && memcmp(b, m->prefix, m->prefix_len) == 0 ? m->prefix_len : 0;
+        size_t skip = m->prefix && m->prefix_len <= bl && !memcmp(b, m->prefix, m->prefix_len) ? m->prefix_len : 0;
         joined.n = 0;
         tok_buf_put(&joined, a, al);
         tok_buf_put(&joined, b + skip, bl - skip);

@@ -401,9 +401,13 @@ static ls_status load_norm(tok_pipeline *p, const json *o, ls_error *err)
     *st = (norm_step){0};
     const json *v;
     UErrorCode ue = U_ZERO_ERROR;
-    if (!strcmp(type, "Prepend") && (v = get_string(o, "prepend"))) {
+    if (!strcmp(type, "Prepend")) {
+        if (!(v = get_string(o, "prepend")))
+            return ls_fail(err, LS_INVALID_ARGUMENT, "normalizer Prepend: expected a \"prepend\" string");
         st->kind = NORM_PREPEND, st->a = dup_str(v, &st->a_len);
-    } else if (!strcmp(type, "Replace") && (v = get_string(o, "content"))) {
+    } else if (!strcmp(type, "Replace")) {
+        if (!(v = get_string(o, "content")))
+            return ls_fail(err, LS_INVALID_ARGUMENT, "normalizer Replace: expected a \"content\" string");
         st->kind = NORM_REPLACE, st->b = dup_str(v, &st->b_len);
         return load_pattern(o, &st->a, &st->a_len, &st->re, "normalizer Replace", err);
     } else if (!strcmp(type, "NFC") || !strcmp(type, "NFD") || !strcmp(type, "NFKC") || !strcmp(type, "NFKD")) {

@@ -9,7 +9,7 @@ pkgs=(
   meson ninja-build pkg-config                   # build
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler  # gRPC C core + protobuf-c (codegen: protoc-c)
   libopenmpi-dev openmpi-bin                     # ranks: coordinator + tensor-parallel workers
-  libpcre2-dev                                   # tokenizer pre-tokenization regexes
+  libpcre2-dev libicu-dev                                   # tokenizer pre-tokenization regexes
   python3-grpcio python3-numpy                   # Python client (scripts/generate.py) and fixtures
   valgrind                                       # memory checks in tests
 )

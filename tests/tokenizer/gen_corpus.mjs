@@ -57,7 +57,9 @@ const specials = ['<s>', '</s>', '<unk>', '<|begin_of_text|>', '<|end_of_text|>'
   '<|python_tag|>', '<|finetune_right_pad_id|>', '<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|fim_prefix|>',
   '<|fim_pad|>', '<|vision_start|>', '<|box_end|>', '<think>', '</think>', '<tool_call>', '</tool_call>',
   '<tool_response>', '<|file_sep|>', '[INST]', '[/INST]', '<<SYS>>', '<0x41>', '<0x0A>', '<0xFF>', '▁', '▁▁hello',
-  'Ġhello', 'Ċ', '<|', '|>', '<|eot_id', 'eot_id|>', '<|im_end', '</s', '<s', '<|begin_of_text|', '<||>'];
+  'Ġhello', 'Ċ', '<|', '|>', '<|eot_id', 'eot_id|>', '<|im_end', '</s', '<s', '<|begin_of_text|', '<||>',
+  '<｜begin▁of▁sentence｜>', '<｜end▁of▁sentence｜>', '<｜fim▁hole｜>', '<｜User｜>', '<｜Assistant｜>', '<bos>', '<eos>',
+  '<start_of_turn>', '<end_of_turn>', '<mask>', '<unused0>', '<unused99>', '<image_soft_token>', '<pad>'];
 
 const codeSnippets = [
   'int main(int argc, char **argv) {\n    printf("%d\\n", argc);\n    return 0;\n}\n',
@@ -160,7 +162,11 @@ const add = (category, s, n) => { for (let i = 0; i < n; i++) out.push([category
 
 // Edges first: the empty string, single characters, lone whitespace.
 for (const s of ['', ' ', '  ', '\n', '\t', 'a', 'A', '0', '.', "'", "'s", 's', '▁', ' a', 'a ', ' a ', 'Hello',
-  ' Hello', 'Hello world', 'hello  world', '\u0000', '\u0000a\u0000', '\u00a0', '\ufeffBOM'])
+  ' Hello', 'Hello world', 'hello  world', '\u0000', '\u0000a\u0000', '\u00a0', '\ufeffBOM',
+  // for the added_flags variant (make_variant.mjs): single_word, lstrip/rstrip, normalized tokens
+  'say hello, world!', 'xhello helloy hello', 'a <lst> b', 'a   <lst>b', 'a <rst>   b', '  <both>  x',
+  'ab abc cab ab.', 'WORLD world Ｗｏｒｌｄ', 'a  b   c    ', '<sp> x  <sp>y', 'helloworld', 'ﬁ ① ㎏ hello',
+  'a\t<lst>\n b', '<lst><rst><both>', '   ', 'x <sp>'])
   out.push(['edge', s]);
 add('english', sentence, 250);
 add('english', () => Array.from({ length: 2 + ri(5) }, sentence).join(pick([' ', '\n', '\n\n', '  '])), 100);

@@ -12,8 +12,9 @@
 // split_special_tokens=True): special added tokens are skipped by the matcher and their text goes
 // through the model. The Node binding does not expose that flag, so the "user" tokenizer is loaded from
 // a copy of tokenizer.json whose special added tokens are renamed to text no corpus line contains
-// (private-use characters). Ids are unchanged (added tokens keep their list order), non-special added
-// tokens still match, and the model sees the special token's characters as plain text: the same result.
+// (private-use characters). The ids of every token that can appear are unchanged (added tokens keep
+// their list order), non-special added tokens still match, and the model sees the special token's
+// characters as plain text: the same result.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -30,7 +31,11 @@ if (!outPath) {
 const text = readFileSync(join(dir, 'tokenizer.json'), 'utf8');
 const full = Tokenizer.fromString(text);
 const spec = JSON.parse(text);
-for (const t of spec.added_tokens ?? []) if (t.special) t.content = `\ue000special ${t.id}\ue001`;
+// A special token the model vocab also holds is dropped instead: it keeps the vocab's id either way,
+// and renaming it would make the library number it anew, shifting every later added token.
+const inVocab = (t) => Object.hasOwn(spec.model?.vocab ?? {}, t.content);
+spec.added_tokens = (spec.added_tokens ?? []).filter((t) => !(t.special && inVocab(t)));
+for (const t of spec.added_tokens) if (t.special) t.content = `\ue000special ${t.id}\ue001`;
 const user = Tokenizer.fromString(JSON.stringify(spec));
 
 const cfgPath = join(dir, 'tokenizer_config.json');

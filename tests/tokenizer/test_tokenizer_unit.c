@@ -217,6 +217,10 @@ static void test_demo_specials(const tokenizer *t)
 {
     int bos = tokenizer_bos_id(t), eos = tokenizer_eos_id(t);
     TAP_OK(bos >= 0 && eos >= 0 && tokenizer_token_id(t, "<|end_of_text|>") == eos, "demo: bos %d, eos %d", bos, eos);
+    size_t len = 0;
+    const char *bos_text = tokenizer_id_text(t, bos, &len);
+    TAP_OK(bos_text && len == 17 && !memcmp(bos_text, "<|begin_of_text|>", 17) && !tokenizer_id_text(t, 1 << 30, &len),
+           "demo: id text of bos; none past the vocab");
     const char *text = "<|begin_of_text|>hi<|end_of_text|>";
     int32_t *ids;
     size_t n;
