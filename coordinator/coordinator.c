@@ -56,15 +56,15 @@ static void on_cancel(void *ctx, server_call *call)
     if (r) r->cancelled = 1;
 }
 
-/* Fills msg with what r has not sent yet: ids and the text that is final. */
-static void fill_delta(request *r, Loraserve__V1__GenerateResponse *msg)
+/* Fills msg with what r has not sent yet: its new ids and text[text_sent .. ready), where ready is the
+ * end of the text that is final (text[ready] must be NUL while msg is in use). */
+static void fill_delta(request *r, size_t ready, Loraserve__V1__GenerateResponse *msg)
 {
     int from = r->streaming ? r->tokens_sent : 0;
     msg->request_id = r->id;
     msg->n_token_ids = (size_t)(request_generated(r) - from);
     msg->token_ids = r->tokens + r->n_prompt + from;
-    size_t ready = request_text_ready(r), start = r->streaming ? r->text_sent : 0;
-    msg->text = r->text + start;    // NUL-terminated: text[ready] is cut below when needed
+    msg->text = r->text + (r->streaming ? r->text_sent : 0);
     r->tokens_sent = request_generated(r);
     r->text_sent = ready;
 }
@@ -72,11 +72,11 @@ static void fill_delta(request *r, Loraserve__V1__GenerateResponse *msg)
 static void send_delta(request *r)
 {
     Loraserve__V1__GenerateResponse msg = LORASERVE__V1__GENERATE_RESPONSE__INIT;
-    size_t ready = request_text_ready(r), start = r->text_sent;
-    if (r->tokens_sent == request_generated(r) && ready == start) return;
+    size_t ready = request_text_ready(r);
+    if (r->tokens_sent == request_generated(r) && ready == r->text_sent) return;
     char saved = r->text[ready];
-    r->text[ready] = 0;
-    fill_delta(r, &msg);
+    r->text[ready] = 0;         // holds back a tail that may still become a stop string
+    fill_delta(r, ready, &msg);
     server_call_send(r->call, &msg);
     r->text[ready] = saved;
 }
@@ -92,7 +92,7 @@ static void finish_request(coordinator *c, request *r, ls_status status, const c
     } else {
         int64_t t = now_ns();
         Loraserve__V1__GenerateResponse msg = LORASERVE__V1__GENERATE_RESPONSE__INIT;
-        fill_delta(r, &msg);
+        fill_delta(r, r->text_len, &msg);
         msg.finish_reason = r->finish;
         msg.prompt_tokens = (uint32_t)r->n_prompt;
         msg.completion_tokens = (uint32_t)request_generated(r);
