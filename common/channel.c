@@ -106,3 +106,10 @@ void channel_tokens_send(channel *c, const int32_t *ids, int n)
     MPI_CHECK(MPI_Isend(ids, n, MPI_INT32_T, 0, TAG_TOKENS, c->world, &r));
     channel_wait(&r);
 }
+
+void channel_gather_reports(channel *c, const channel_report *mine, channel_report *all)
+{
+    MPI_Request r;
+    MPI_CHECK(MPI_Igather(mine, sizeof *mine, MPI_BYTE, all, sizeof *mine, MPI_BYTE, 0, c->world, &r));
+    channel_wait(&r);
+}

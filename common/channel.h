@@ -36,6 +36,16 @@ void channel_send_plan(channel *c, const plan *p);
 /* Workers: receives the next plan into p; returns its command. */
 plan_cmd channel_recv_plan(channel *c, plan *p);
 
+/* Every rank's answer to a control command or to a start-up round. */
+typedef struct channel_report {
+    int32_t code;               // ls_status
+    int32_t value;              // command specific (start-up: pool pages this rank can hold)
+    char msg[504];
+} channel_report;
+
+/* Gathers one report per rank on rank 0 (all: c->size entries there; NULL on the others). */
+void channel_gather_reports(channel *c, const channel_report *mine, channel_report *all);
+
 /* Rank 0: posts the receive of n sampled ids for the plan just sent. */
 void channel_tokens_post(channel *c, int n);
 /* Rank 0: 1 when the ids have arrived (*ids then points into the channel, valid until the next post). */

@@ -14,6 +14,7 @@ typedef struct coordinator {
     server *srv;
     channel *ch;
     scheduler sched;
+    adapter_service svc;
     plan plan;
     int in_flight;
     int draining;
@@ -34,13 +35,17 @@ static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__G
 {
     coordinator *c = ctx;      // the server itself refuses calls while draining or already past deadline
     request *r;
+    int parked = 0;
     ls_status st = request_new(&r, &c->lim, pb, err);
     if (st != LS_OK) return st;
-    if ((st = scheduler_submit(&c->sched, r, err)) != LS_OK) {
+    if ((st = adapter_service_attach(&c->svc, r, &parked, err)) == LS_OK && !parked)
+        st = scheduler_submit(&c->sched, r, err);
+    if (st != LS_OK) {
+        adapter_service_detach(r);
         request_free(r);
         return st;
     }
-    if (!r->id[0]) snprintf(r->id, sizeof r->id, "req-%llu", (unsigned long long)r->arrival_no);
+    if (!r->id[0]) snprintf(r->id, sizeof r->id, "req-%llu", (unsigned long long)++c->stats.ids);
     r->call = call;
     r->streaming = streaming;
     r->deadline_ms = deadline_ms;
@@ -84,6 +89,7 @@ static void send_delta(request *r)
 static void finish_request(coordinator *c, request *r, ls_status status, const char *why)
 {
     scheduler_remove(&c->sched, r);
+    adapter_service_detach(r);
     if (r->cancelled) {
         server_call_finish(r->call, NULL, LS_CANCELLED, "cancelled");
     } else if (status != LS_OK) {
@@ -116,8 +122,24 @@ static void reap_cancelled(coordinator *c)
         }
 }
 
+/* A parked request's adapter is settled: queue it, or finish it with the error. */
+static void on_adapter_ready(void *ctx, request *r, ls_status st, const char *why)
+{
+    coordinator *c = ctx;
+    ls_error err = { 0 };
+    if (st == LS_OK && scheduler_submit(&c->sched, r, &err) == LS_OK) return;
+    finish_request(c, r, st == LS_OK ? err.code : st, st == LS_OK ? err.msg : why);
+}
+
+static ls_status on_admin(void *ctx, server_call *call, server_admin_method m, const ProtobufCMessage *req,
+                          ls_error *err)
+{
+    return adapter_service_admin(&((coordinator *)ctx)->svc, call, m, req, err);
+}
+
 static void fail_all(coordinator *c, ls_status status, const char *why)
 {
+    adapter_service_fail_all(&c->svc, on_adapter_ready, c, status, why);
     while (c->sched.running.head) finish_request(c, c->sched.running.head, status, why);
     while (c->sched.waiting.head) finish_request(c, c->sched.waiting.head, status, why);
 }
@@ -170,8 +192,9 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
         server_drain(c->srv);
         *grace_end = now_ns() + (int64_t)(c->o->shutdown_grace_s * 1e9);
     }
-    if (c->draining && !c->in_flight && (scheduler_idle(&c->sched) || now_ns() >= *grace_end)) return 0;
-    server_poll(c->srv, c->in_flight || !scheduler_idle(&c->sched) ? 0 : 50);
+    int idle = scheduler_idle(&c->sched) && !adapter_service_busy(&c->svc);
+    if (c->draining && !c->in_flight && (idle || now_ns() >= *grace_end)) return 0;
+    server_poll(c->srv, c->in_flight || !idle ? 0 : 50);
     if (c->in_flight) {
         const int32_t *ids;
         if (!channel_tokens_test(c->ch, &ids)) {
@@ -183,6 +206,7 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
         apply_results(c, ids);
     }
     reap_cancelled(c);
+    adapter_service_run(&c->svc, on_adapter_ready, c);
     start_step(c);
     return 1;
 }
@@ -193,9 +217,11 @@ int coordinator_run(const coordinator_opts *o, const model_config *mc, const tok
     coordinator c = { .o = o, .ch = ch };
     c.lim = (request_limits){ .model = mc, .tok = tok, .vocab_size = mc->vocab_size,
                               .default_max_new_tokens = o->default_max_new_tokens };
-    scheduler_init(&c.sched, &o->sched);
+    scheduler_init(&c.sched, &o->sched,
+                   lora_page_floats(mc, o->adapters.tp_size, o->sched.page_tokens) * sizeof(float));
+    adapter_service_init(&c.svc, &o->adapters, mc, &c.sched, ch);
     plan_init(&c.plan);
-    server_hooks hooks = { .ctx = &c, .on_request = on_request, .on_cancel = on_cancel };
+    server_hooks hooks = { .ctx = &c, .on_request = on_request, .on_cancel = on_cancel, .on_admin = on_admin };
     ls_error err = { 0 };
     int rc = 0;
     if (server_create(&c.srv, &o->server, &hooks, &err) != LS_OK) {
@@ -212,14 +238,17 @@ int coordinator_run(const coordinator_opts *o, const model_config *mc, const tok
         while (loop_once(&c, stop, &grace_end)) {}
         fail_all(&c, LS_UNAVAILABLE, "server is shutting down");
         server_destroy(c.srv);
-        LOG_I("served %llu requests (%llu failed), %llu tokens in %llu steps, %llu preemptions",
+        LOG_I("served %llu requests (%llu failed), %llu tokens in %llu steps, %llu preemptions; adapters: %d "
+              "registered, %llu loads, %llu evictions, %.1f MiB copied",
               (unsigned long long)c.stats.requests_ok, (unsigned long long)c.stats.requests_failed,
               (unsigned long long)c.stats.tokens_generated, (unsigned long long)c.stats.steps,
-              (unsigned long long)c.sched.preemptions);
+              (unsigned long long)c.sched.preemptions, c.sched.adapters.n, (unsigned long long)c.sched.adapters.loads,
+              (unsigned long long)c.sched.adapters.evictions, (double)c.sched.adapters.rows_bytes_copied / (1 << 20));
     }
     plan_reset(&c.plan, PLAN_SHUTDOWN, 0);
     channel_send_plan(ch, &c.plan);
     plan_free(&c.plan);
+    adapter_service_free(&c.svc);
     scheduler_free(&c.sched);
     return rc;
 }

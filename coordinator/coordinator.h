@@ -9,6 +9,7 @@
 
 #include "common/channel.h"
 #include "common/model_config.h"
+#include "coordinator/adapter_service.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server.h"
 #include "coordinator/tokenizer.h"
@@ -16,6 +17,7 @@
 typedef struct coordinator_opts {
     server_opts server;
     scheduler_opts sched;
+    adapter_service_opts adapters;
     const char *port_file;          // "" = none
     int default_max_new_tokens;
     double shutdown_grace_s;
@@ -23,6 +25,7 @@ typedef struct coordinator_opts {
 
 typedef struct coordinator_stats {
     uint64_t steps, tokens_generated, prompt_tokens, requests_ok, requests_failed;
+    uint64_t ids;               // server-assigned request ids
 } coordinator_stats;
 
 /* Serves until *stop is set (by SIGTERM), then drains and tells the workers to stop. Returns the

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-typedef enum page_use { PAGE_FREE = 0, PAGE_KV = 1, PAGE_USE_COUNT } page_use;
+typedef enum page_use { PAGE_FREE = 0, PAGE_KV = 1, PAGE_ADAPTER = 2, PAGE_USE_COUNT } page_use;
 
 typedef struct page_pool {
     int n_pages;

@@ -79,8 +79,9 @@ ls_status request_new(request **out, const request_limits *lim, const Loraserve_
                       ls_error *err)
 {
     *out = NULL;
-    if (pb->adapter && pb->adapter[0])
-        return ls_fail(err, LS_NOT_FOUND, "adapter '%.128s' is not loaded (this server has no adapters)", pb->adapter);
+    if (pb->adapter && strlen(pb->adapter) >= sizeof ((request *)0)->adapter_name)
+        return ls_fail(err, LS_INVALID_ARGUMENT, "adapter name is longer than %zu bytes",
+                       sizeof ((request *)0)->adapter_name - 1);
     ls_status st = check_sampling(pb, err);
     if (st != LS_OK) return st;
     st = check_ids(pb->stop_token_ids, pb->n_stop_token_ids, lim->vocab_size, "stop_token_ids", err);
@@ -105,6 +106,7 @@ ls_status request_new(request **out, const request_limits *lim, const Loraserve_
     r->n_prompt = r->n_tokens = (int)n;
     r->max_new_tokens = (int)max_new;
     copy_params(r, pb);
+    snprintf(r->adapter_name, sizeof r->adapter_name, "%s", pb->adapter ? pb->adapter : "");
     // Continuation mode: generated text keeps its leading space (" Paris" after a prompt), as the text
     // of a completion reads; no tokenizer: responses carry ids only.
     r->dt = lim->tok ? detok_new_continuation(lim->tok) : NULL;

@@ -16,7 +16,7 @@
 #define REQUEST_MAX_STOP_IDS 64
 #define REQUEST_MAX_ID_LEN 128
 
-typedef enum request_state { REQ_WAITING, REQ_RUNNING, REQ_FINISHED } request_state;
+typedef enum request_state { REQ_NEW = 0, REQ_WAITING, REQ_RUNNING, REQ_FINISHED } request_state;
 
 typedef struct request_limits {
     const model_config *model;
@@ -57,6 +57,8 @@ typedef struct request {
     size_t text_sent;           // bytes of text already streamed
     int tokens_sent;            // generated ids already streamed
     Loraserve__V1__FinishReason finish;
+    struct adapter *ad;         // NULL = the base model; holds one `active` reference
+    char adapter_name[256];     // as asked; resolved before the request is queued
 
     struct request *prev, *next;    // scheduler queue links
 } request;

@@ -4,7 +4,7 @@
  * Why one queue polled by the caller: the coordinator's thread owns all engine state, and C core has no
  * way to wake a queue from another thread, so the loop waits on the queue with a deadline equal to its
  * next scheduler step (server_poll) and every hook runs on that thread. Per-call logic is in
- * server_call.c, the health service in health.c. */
+ * server_call.c, adapter management in server_admin.c, the health service in health.c. */
 #include "coordinator/server_impl.h"
 
 #include <grpc/grpc_security.h>
@@ -16,15 +16,21 @@
 #include "common/log.h"
 
 // Requests kept armed per method. A burst beyond this waits inside gRPC until the next poll re-arms,
-// so it costs latency, not correctness; Generate gets more because bursts of arrivals are normal.
-static const int srv_arm_depth[SRV_N_METHODS] = { 16, 16, 2, 2 };
+// so it costs latency, not correctness; Generate gets more because bursts of arrivals are normal, while
+// adapter management is an operator's occasional call.
+static const int srv_arm_depth[SRV_N_METHODS] = { 16, 16, 2, 2, 2, 2, 2 };
 
-static const char *const srv_method_path[SRV_N_METHODS] = {
+static const char *const srv_method_paths[SRV_N_METHODS] = {
     "/loraserve.v1.Generation/Generate",
     "/loraserve.v1.Generation/GenerateStream",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
+    "/loraserve.v1.Adapters/LoadAdapter",
+    "/loraserve.v1.Adapters/UnloadAdapter",
+    "/loraserve.v1.Adapters/ListAdapters",
 };
+
+const char *srv_method_path(srv_method m) { return srv_method_paths[m]; }
 
 // One poll handles at most this many completions, so that a flood of arrivals cannot starve the
 // scheduler step that follows it.
@@ -34,13 +40,13 @@ static int srv_arm_one(server *s, srv_method m)
 {
     server_call *c = srv_call_new(s, m);
     if (!c) {
-        LOG_E("out of memory arming %s", srv_method_path[m]);
+        LOG_E("out of memory arming %s", srv_method_paths[m]);
         return -1;
     }
     grpc_call_error e = grpc_server_request_registered_call(s->srv, s->methods[m], &c->call, &c->deadline,
                                                             &c->md, &c->payload, s->cq, s->cq, &c->t_new);
     if (e != GRPC_CALL_OK) {
-        LOG_E("grpc_server_request_registered_call(%s): call error %d", srv_method_path[m], (int)e);
+        LOG_E("grpc_server_request_registered_call(%s): call error %d", srv_method_paths[m], (int)e);
         srv_call_free(c);
         return -1;
     }
@@ -198,9 +204,9 @@ static grpc_server *srv_grpc_create(const server_opts *opts)
 static ls_status srv_listen(server *s, const server_opts *opts, ls_error *err)
 {
     for (int m = 0; m < SRV_N_METHODS; m++) {
-        s->methods[m] = grpc_server_register_method(s->srv, srv_method_path[m], NULL,
+        s->methods[m] = grpc_server_register_method(s->srv, srv_method_paths[m], NULL,
                                                     GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-        if (!s->methods[m]) return ls_fail(err, LS_INTERNAL, "cannot register %s", srv_method_path[m]);
+        if (!s->methods[m]) return ls_fail(err, LS_INTERNAL, "cannot register %s", srv_method_paths[m]);
     }
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     s->port = grpc_server_add_http2_port(s->srv, opts->listen_addr, creds);

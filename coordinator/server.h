@@ -1,16 +1,18 @@
 /* The gRPC front end (gRPC C core, one completion queue, driven from the coordinator's loop): the
- * loraserve.v1.Generation service (Generate unary, GenerateStream server-streaming), grpc.health.v1
+ * loraserve.v1.Generation service (Generate unary, GenerateStream server-streaming), the
+ * loraserve.v1.Adapters service (LoadAdapter, UnloadAdapter, ListAdapters, all unary), grpc.health.v1
  * Health (Check, Watch), and a generic handler answering UNIMPLEMENTED for every other method.
  *
- * Ownership: for every accepted call the engine calls server_call_finish exactly once, also after a
- * cancel (then nothing is sent). The call's memory is freed when the finish is done, the transport has
- * closed and no batch is in flight. Streams have at most one SEND_MESSAGE in flight; later messages are
- * queued in order.
+ * Ownership: for every accepted call the engine calls server_call_finish or server_call_finish_msg
+ * exactly once, also after a cancel (then nothing is sent). The call's memory is freed when the finish
+ * is done, the transport has closed and no batch is in flight. Streams have at most one SEND_MESSAGE in
+ * flight; later messages are queued in order.
  *
  * Threads: everything here, hooks included, runs on the one thread that calls server_poll and
  * server_destroy; gRPC's own threads never call back. The hooks may call server_call_send and
- * server_call_finish on the call they are given before returning. The process calls grpc_init() before
- * server_create and grpc_shutdown() after server_destroy; this module calls neither. */
+ * server_call_finish(_msg) on the call they are given before returning (and must then return LS_OK).
+ * The process calls grpc_init() before server_create and grpc_shutdown() after server_destroy; this
+ * module calls neither. */
 #ifndef LORASERVE_COORDINATOR_SERVER_H
 #define LORASERVE_COORDINATOR_SERVER_H
 
@@ -22,6 +24,13 @@
 typedef struct server server;
 typedef struct server_call server_call;
 
+/* The methods of loraserve.v1.Adapters, as told to hooks.on_admin. */
+typedef enum server_admin_method {
+    SERVER_ADMIN_LOAD,      // req: Loraserve__V1__LoadAdapterRequest, answer: LoadAdapterResponse
+    SERVER_ADMIN_UNLOAD,    // req: Loraserve__V1__UnloadAdapterRequest, answer: UnloadAdapterResponse
+    SERVER_ADMIN_LIST,      // req: Loraserve__V1__ListAdaptersRequest, answer: ListAdaptersResponse
+} server_admin_method;
+
 typedef struct server_hooks {
     void *ctx;
     /* A Generate/GenerateStream call arrived. deadline_ms is CLOCK_MONOTONIC milliseconds, or INT64_MAX
@@ -31,9 +40,19 @@ typedef struct server_hooks {
      * the call. */
     ls_status (*on_request)(void *ctx, server_call *call, const Loraserve__V1__GenerateRequest *req,
                             int streaming, int64_t deadline_ms, ls_error *err);
-    /* The client cancelled, the deadline passed or the connection dropped. The engine must stop work for
-     * the call at its next step and still call server_call_finish. */
+    /* The client cancelled, the deadline passed or the connection dropped (Generate and admin calls
+     * alike). The engine must stop work for the call at its next step and still finish it. An admin
+     * operation already under way (a load broadcast to the workers) may complete: only its answer is
+     * lost. */
     void (*on_cancel)(void *ctx, server_call *call);
+    /* An Adapters call arrived; `req` is the decoded request of method m (see server_admin_method),
+     * valid only during the call. Malformed, expired and post-drain requests are answered by the server
+     * and never reach it. Return LS_OK to take the call: the engine then owes one
+     * server_call_finish_msg, which it may make inside this hook (List answers at once) or later (a
+     * load needs the worker ranks, so it finishes after a scheduler step). Or return an error status
+     * with err->msg: the server answers it. NULL: these methods answer UNIMPLEMENTED. */
+    ls_status (*on_admin)(void *ctx, server_call *call, server_admin_method m, const ProtobufCMessage *req,
+                          ls_error *err);
 } server_hooks;
 
 typedef struct server_opts {
@@ -60,9 +79,13 @@ int server_call_cancelled(const server_call *c);     // on_cancel has been calle
 int server_call_streaming(const server_call *c);
 /* Streaming: queue one message (copied). Unary calls must not use it. Ignored once cancelled. */
 void server_call_send(server_call *c, const Loraserve__V1__GenerateResponse *msg);
-/* Ends the call: status OK sends `last` (when not NULL) then OK; another status sends only the status
- * with msg, after the messages already queued. A unary OK with last == NULL sends an empty response.
- * After a cancel it only releases the engine's hold. */
+/* Ends the call: status OK sends `msg` (when not NULL) then OK; another status sends only the status
+ * with `why` (NULL: the status name), after the messages already queued. A unary OK with msg == NULL
+ * sends an empty response. After a cancel it only releases the engine's hold. msg, copied, must be the
+ * method's response type (GenerateResponse, or the admin method's *Response); any call may take it. */
+void server_call_finish_msg(server_call *c, const ProtobufCMessage *msg, ls_status status, const char *why);
+/* server_call_finish_msg for Generate calls: `last` is the final response; with last == NULL it suits
+ * any call. */
 void server_call_finish(server_call *c, const Loraserve__V1__GenerateResponse *last, ls_status status,
                         const char *msg);
 

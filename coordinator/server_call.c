@@ -1,4 +1,5 @@
-/* One call of a registered method, from arrival to free, and the engine-facing server_call_* API.
+/* One call of a registered method, from arrival to free, the Generate methods' arrival, and the
+ * engine-facing server_call_* API (shared with the admin methods of server_admin.c).
  *
  * Why the bookkeeping: gRPC C core lets a call have only one batch of each kind in flight and never
  * checks that for SEND_MESSAGE (a second concurrent send is accepted and reorders the stream), so every
@@ -100,8 +101,7 @@ static void call_start(server_call *c, const grpc_op *ops, size_t n, srv_tag *ta
 
 static void call_tell_cancel(server_call *c)
 {
-    int engine_call = c->method == SRV_GENERATE || c->method == SRV_GENERATE_STREAM;
-    if (!c->held || c->cancel_told || !engine_call) return;
+    if (!c->held || c->cancel_told || !srv_engine_method(c->method)) return;
     c->cancel_told = 1;
     c->busy++;
     c->s->hooks.on_cancel(c->s->hooks.ctx, c);
@@ -245,25 +245,49 @@ static int64_t mono_now_ms(void)
 
 /* gRPC hands a REALTIME deadline; the engine compares against CLOCK_MONOTONIC. Going through "time
  * left" avoids depending on how gpr's own monotonic clock is offset. */
-static int64_t deadline_mono_ms(gpr_timespec dl)
+int64_t srv_call_deadline_ms(const server_call *c)
 {
+    gpr_timespec dl = c->deadline;
     if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) == 0) return INT64_MAX;
     gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
     if (left.tv_sec > INT32_MAX) return INT64_MAX;      // decades away: as good as none
     return mono_now_ms() + left.tv_sec * 1000 + left.tv_nsec / 1000000;
 }
 
+int srv_call_refused(server_call *c, int64_t deadline_ms)
+{
+    if (c->s->draining)
+        srv_call_set_status(c, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
+    else if (deadline_ms <= mono_now_ms())
+        srv_call_set_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline expired before the request was queued");
+    else
+        return 0;
+    return 1;
+}
+
+void srv_call_hold(server_call *c)
+{
+    c->held = 1;
+    c->busy++;
+}
+
+void srv_call_offered(server_call *c, ls_status hook_status, const ls_error *err)
+{
+    c->busy--;
+    if (hook_status == LS_OK) return;
+    // A hook that finished the call already must say LS_OK, or the call would get two statuses.
+    LS_ASSERT(c->held);
+    c->held = 0;
+    srv_call_set_status(c, (int)hook_status, err->msg[0] ? err->msg : ls_status_name(hook_status));
+}
+
 static void gen_offer(server_call *c, const Loraserve__V1__GenerateRequest *req, int64_t deadline_ms)
 {
     server *s = c->s;
     ls_error err = { .code = LS_OK };
-    c->held = 1;
-    c->busy++;
+    srv_call_hold(c);
     ls_status st = s->hooks.on_request(s->hooks.ctx, c, req, c->method == SRV_GENERATE_STREAM, deadline_ms, &err);
-    c->busy--;
-    if (st == LS_OK) return;
-    c->held = 0;
-    srv_call_set_status(c, (int)st, err.msg[0] ? err.msg : ls_status_name(st));
+    srv_call_offered(c, st, &err);
 }
 
 static void gen_arrived(server_call *c)
@@ -274,13 +298,8 @@ static void gen_arrived(server_call *c)
         srv_call_set_status(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed request");
         return;
     }
-    int64_t deadline_ms = deadline_mono_ms(c->deadline);
-    if (c->s->draining)
-        srv_call_set_status(c, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
-    else if (deadline_ms <= mono_now_ms())
-        srv_call_set_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline expired before the request was queued");
-    else
-        gen_offer(c, req, deadline_ms);
+    int64_t deadline_ms = srv_call_deadline_ms(c);
+    if (!srv_call_refused(c, deadline_ms)) gen_offer(c, req, deadline_ms);
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
@@ -297,7 +316,8 @@ void srv_call_arrived(server_call *c, int ok)
     op.data.recv_close_on_server.cancelled = &c->close_cancelled;
     call_start(c, &op, 1, &c->t_close);
     if (c->method == SRV_GENERATE || c->method == SRV_GENERATE_STREAM) gen_arrived(c);
-    else health_arrived(c);
+    else if (c->method == SRV_HEALTH_CHECK || c->method == SRV_HEALTH_WATCH) health_arrived(c);
+    else admin_arrived(c);
     srv_call_maybe_free(c);
 }
 
@@ -314,19 +334,46 @@ void server_call_send(server_call *c, const Loraserve__V1__GenerateResponse *msg
     srv_call_pump(c);
 }
 
+/* What each method answers with; a mismatch is an engine bug that would corrupt the client's decoding. */
+static const ProtobufCMessageDescriptor *call_response_desc(srv_method m)
+{
+    switch (m) {
+    case SRV_GENERATE:
+    case SRV_GENERATE_STREAM: return &loraserve__v1__generate_response__descriptor;
+    case SRV_ADMIN_LOAD: return &loraserve__v1__load_adapter_response__descriptor;
+    case SRV_ADMIN_UNLOAD: return &loraserve__v1__unload_adapter_response__descriptor;
+    case SRV_ADMIN_LIST: return &loraserve__v1__list_adapters_response__descriptor;
+    default: return NULL;   // health answers by itself
+    }
+}
+
+/* A unary OK must carry a message, or the client reports a protocol error; an empty message of any
+ * type is zero bytes, so msg == NULL needs no descriptor. */
+static void call_queue_last(server_call *c, const ProtobufCMessage *msg)
+{
+    if (msg) {
+        srv_call_queue(c, srv_pack(msg));
+    } else if (c->method != SRV_GENERATE_STREAM) {
+        grpc_slice none = grpc_empty_slice();
+        srv_call_queue(c, grpc_raw_byte_buffer_create(&none, 1));
+    }
+}
+
+void server_call_finish_msg(server_call *c, const ProtobufCMessage *msg, ls_status status, const char *why)
+{
+    LS_ASSERT(c->held && srv_engine_method(c->method));
+    LS_ASSERT(!msg || msg->descriptor == call_response_desc(c->method));
+    c->held = 0;
+    if (!c->dead) {
+        if (status == LS_OK) call_queue_last(c, msg);
+        if (!c->dead)
+            srv_call_set_status(c, (int)status, status == LS_OK ? "" : (why ? why : ls_status_name(status)));
+    }
+    srv_call_maybe_free(c);
+}
+
 void server_call_finish(server_call *c, const Loraserve__V1__GenerateResponse *last, ls_status status,
                         const char *msg)
 {
-    LS_ASSERT(c->held);
-    c->held = 0;
-    if (!c->dead) {
-        if (status == LS_OK && (last || c->method == SRV_GENERATE)) {
-            // A unary OK must carry a message, or the client reports a protocol error.
-            Loraserve__V1__GenerateResponse empty = LORASERVE__V1__GENERATE_RESPONSE__INIT;
-            srv_call_queue(c, srv_pack(last ? &last->base : &empty.base));
-        }
-        if (!c->dead)
-            srv_call_set_status(c, (int)status, status == LS_OK ? "" : (msg ? msg : ls_status_name(status)));
-    }
-    srv_call_maybe_free(c);
+    server_call_finish_msg(c, last ? &last->base : NULL, status, msg);
 }

@@ -1,6 +1,7 @@
 /* Internals of the gRPC front end, shared by server.c (queue, dispatch, lifecycle), server_call.c (one
- * call: close watch, ordered sends, release) and health.c (grpc.health.v1). Not part of the contract in
- * server.h; nothing outside these three files includes it.
+ * call: close watch, ordered sends, release, Generate), server_admin.c (loraserve.v1.Adapters) and
+ * health.c (grpc.health.v1). Not part of the contract in server.h; nothing outside these files
+ * includes it.
  *
  * DESIGN: a single completion queue, read only by the thread that calls server_poll/server_destroy, so
  * no field here needs a lock (gRPC's own threads never see these structs; they only post tags). Every
@@ -33,8 +34,17 @@ typedef enum srv_method {
     SRV_GENERATE_STREAM,
     SRV_HEALTH_CHECK,
     SRV_HEALTH_WATCH,
+    SRV_ADMIN_LOAD,         // loraserve.v1.Adapters, in server_admin_method order
+    SRV_ADMIN_UNLOAD,
+    SRV_ADMIN_LIST,
     SRV_N_METHODS,
 } srv_method;
+
+/* Calls handed to the engine's hooks (the others are health's own): only these hear of a cancel. */
+static inline int srv_engine_method(srv_method m)
+{
+    return m != SRV_HEALTH_CHECK && m != SRV_HEALTH_WATCH;
+}
 
 typedef struct srv_msg {
     struct srv_msg *next;
@@ -99,6 +109,9 @@ struct server {
     int shutdown_done;
 };
 
+/* server.c */
+const char *srv_method_path(srv_method m);      // "/package.Service/Method"
+
 /* server_call.c */
 server_call *srv_call_new(server *s, srv_method method);
 void srv_call_free(server_call *c);
@@ -113,6 +126,19 @@ void srv_call_orphan(server_call *c);
 grpc_byte_buffer *srv_pack(const ProtobufCMessage *msg);
 /* Decodes the request payload with the given descriptor; NULL when absent or malformed. */
 ProtobufCMessage *srv_unpack(server_call *c, const ProtobufCMessageDescriptor *desc);
+/* The request's deadline in CLOCK_MONOTONIC ms (INT64_MAX: none). */
+int64_t srv_call_deadline_ms(const server_call *c);
+/* The checks an engine call passes before its hook: when draining or already expired, answers the call
+ * and returns 1. */
+int srv_call_refused(server_call *c, int64_t deadline_ms);
+/* Around a hook that may take the call: srv_call_hold before it (the call counts as the engine's and
+ * cannot be freed under the hook, which may finish it), srv_call_offered after it with the hook's
+ * result: on an error the server answers with that status and err's message. */
+void srv_call_hold(server_call *c);
+void srv_call_offered(server_call *c, ls_status hook_status, const ls_error *err);
+
+/* server_admin.c */
+void admin_arrived(server_call *c);
 
 /* health.c */
 void health_arrived(server_call *c);

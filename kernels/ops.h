@@ -71,4 +71,46 @@ int op_sample(const float *logits, int vocab, const sample_params *p, void *scra
 /* The uniform draw op_sample uses, exposed so CUDA sampling draws the very same number. */
 double op_sample_uniform(uint64_t seed, uint32_t index);
 
+/* Batched LoRA (S-LoRA MBGMM / MBGMV, Punica SGMV / BGMV), the CPU twin of the LoRA kernels. LoRA is
+ * applied unmerged, y += scale * (x A^T) B^T per token with that token's own adapter, in two passes:
+ * shrink (v = x A^T, width r) and expand (y += scale * v B^T). Adapter rows are read through pointers
+ * because they sit wherever the pool put them (common/lora_layout.h); the caller gathers one adapter's
+ * pointers per (layer, module) into a lora_rows. Ranks may differ between adapters of one call.
+ *
+ * Tensor parallelism: for a column-split module (q, k, v, gate, up) a rank holds A rows
+ * [a_col0, a_col0 + a_rows) of r over the full input, so its shrink fills only those columns of v and
+ * the all-gather completes them; for a row-split module (o, down) it holds all r rows over its input
+ * slice (a_col0 = 0, a_rows = r), its partial v is all-reduced, and the expand writes its output slice
+ * at y_col0 inside the full-width base partial sum. The expand always reads v columns [0, rank).
+ *
+ * Numerics: fp32 throughout, no FMA; each v element is an eight-lane dot like op_matmul's, each
+ * expand output one sequential sum over k, then y = y + scale * sum. A token's results
+ * never depend on the other tokens of the call (batch invariance), so sgmv and bgmv agree bit for
+ * bit and a split of output columns over ranks changes nothing. No allocation. x, v and y must not
+ * overlap each other or the adapter rows. */
+typedef struct lora_rows {
+    const float *const *a;      // a_rows pointers, each `in` floats: the A rows this rank holds
+    const float *const *b;      // rank pointers, each `out` floats: the rows of B^T (this rank's output slice)
+    int a_rows;                 // A rows held = shrink outputs produced on this rank (may be 0)
+    int a_col0;                 // column of v where this rank's shrink outputs start (rank-split modules)
+    int rank;                   // r = B^T rows = width of v consumed by the expand (0: adds nothing)
+    float scale;                // applied once, in the expand
+} lora_rows;
+
+/* SGMV / MBGMM (prefill): tokens [seg_start[s], seg_start[s+1]) share adapters[s] (NULL = base model
+ * only: nothing written or added); seg_start has n_segs + 1 ascending entries, segments may be empty.
+ * Token i's rows are x[i*in ..], v[i*v_stride ..], y[i*y_stride ..].
+ * shrink: v[i*v_stride + a_col0 + k] = dot(x[i*in .. +in], a[k]) for k < a_rows; other columns untouched.
+ * expand: y[i*y_stride + y_col0 + j] += scale * sum_k v[i*v_stride + k] * b[k][j] for j < out, k < rank. */
+void op_lora_shrink_sgmv(float *v, int v_stride, const float *x, int in, const int32_t *seg_start, int n_segs,
+                         const lora_rows *const *adapters);
+void op_lora_expand_sgmv(float *y, int y_stride, int y_col0, int out, const float *v, int v_stride,
+                         const int32_t *seg_start, int n_segs, const lora_rows *const *adapters);
+/* MBGMV (decode): token i (of n) uses table[token_adapter[i]]; -1 or a NULL entry = none. Same math as
+ * sgmv; tokens need not be grouped (consecutive tokens of one adapter do share row loads). */
+void op_lora_shrink_bgmv(float *v, int v_stride, const float *x, int in, const int32_t *token_adapter, int n,
+                         const lora_rows *const *table);
+void op_lora_expand_bgmv(float *y, int y_stride, int y_col0, int out, const float *v, int v_stride,
+                         const int32_t *token_adapter, int n, const lora_rows *const *table);
+
 #endif

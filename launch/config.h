@@ -9,6 +9,7 @@
 typedef struct ls_config {
     const char *model;              // HF model directory; empty = the built-in demo model
     const char *demo_dir;           // where the demo model is generated
+    const char *adapters;           // root of PEFT adapter directories; "" = none
     const char *listen;             // gRPC address
     const char *port_file;          // bound port written here once serving
     const char *pid_file;           // coordinator pid written here (send SIGTERM to it to stop)
@@ -23,6 +24,9 @@ typedef struct ls_config {
     int max_request_bytes;
     int max_concurrent_streams;
     double shutdown_grace_s;
+    int allow_adapter_base_mismatch;
+    int adapter_cache_mb;
+    int prefetch_adapters;
 } ls_config;
 
 /* Fills cfg from defaults, environment and argv. Returns 0, 1 when --help was printed, or -1 after

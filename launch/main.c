@@ -25,12 +25,6 @@
 
 enum { PATH_BYTES = 4096, DEMO_VOCAB = 1024 };
 
-typedef struct rank_report {
-    int32_t code;               // ls_status
-    int32_t capacity;           // pool pages this rank can hold (workers)
-    char msg[504];
-} rank_report;
-
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
@@ -41,33 +35,30 @@ static void bcast_bytes(MPI_Comm comm, void *buf, int n)
     channel_wait(&r);
 }
 
-/* Gathers every rank's report on rank 0; returns 0 when all are OK (rank 0 prints the others). */
-static int gather_reports(MPI_Comm world, const rank_report *mine, int *min_capacity)
+/* Gathers every rank's report on rank 0, which prints the failures and tells everyone whether to go
+ * on; returns 0 to go on. *min_capacity: the smallest pool among the workers (rank 0). */
+static int gather_reports(channel *ch, const channel_report *mine, int *min_capacity)
 {
-    int rank, size, bad = 0;
-    MPI_CHECK(MPI_Comm_rank(world, &rank));
-    MPI_CHECK(MPI_Comm_size(world, &size));
-    rank_report *all = rank == 0 ? ls_xcalloc((size_t)size, sizeof *all) : NULL;
-    MPI_Request r;
-    MPI_CHECK(MPI_Igather(mine, sizeof *mine, MPI_BYTE, all, sizeof *mine, MPI_BYTE, 0, world, &r));
-    channel_wait(&r);
-    if (rank == 0) {
+    int bad = 0;
+    channel_report *all = ch->rank == 0 ? ls_xcalloc((size_t)ch->size, sizeof *all) : NULL;
+    channel_gather_reports(ch, mine, all);
+    if (ch->rank == 0) {
         *min_capacity = INT32_MAX;
-        for (int i = 0; i < size; i++) {
+        for (int i = 0; i < ch->size; i++) {
             if (all[i].code != LS_OK) {
                 fprintf(stderr, "loraserve: rank %d failed to start: %s\n", i, all[i].msg);
                 bad = 1;
             }
-            if (i > 0 && all[i].capacity < *min_capacity) *min_capacity = all[i].capacity;
+            if (i > 0 && all[i].value < *min_capacity) *min_capacity = all[i].value;
         }
         free(all);
     }
     int go = !bad;
-    bcast_bytes(world, &go, sizeof go);
+    bcast_bytes(ch->world, &go, sizeof go);
     return go ? 0 : -1;
 }
 
-static void report_error(rank_report *rep, const ls_error *err)
+static void report_error(channel_report *rep, const ls_error *err)
 {
     rep->code = err->code ? err->code : LS_INTERNAL;
     snprintf(rep->msg, sizeof rep->msg, "%.*s", (int)sizeof rep->msg - 1, err->msg);
@@ -112,24 +103,31 @@ static ls_status coordinator_load(coord_state *cs, const char *dir, ls_error *er
     return LS_OK;
 }
 
+/* The last component of the model directory: what an adapter's base_model_name_or_path must name. */
+static const char *served_model_name(const char *dir)
+{
+    const char *slash = strrchr(dir, '/');
+    return slash && slash[1] ? slash + 1 : dir;
+}
+
 static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
 {
     char dir[PATH_BYTES] = { 0 };
-    rank_report rep = { .code = LS_OK };
+    channel_report rep = { .code = LS_OK };
     ls_error err = { 0 };
     coord_state cs = { 0 };
     if (settle_model_dir(cfg, dir, &err) != LS_OK) report_error(&rep, &err);
     bcast_bytes(world, dir, PATH_BYTES);
     if (rep.code == LS_OK && coordinator_load(&cs, dir, &err) != LS_OK) report_error(&rep, &err);
     int capacity = 0;
-    if (gather_reports(world, &rep, &capacity) != 0) goto fail;
+    if (gather_reports(ch, &rep, &capacity) != 0) goto fail;
     int n_pages = cfg->max_pages && cfg->max_pages < capacity ? cfg->max_pages : capacity;
     if (n_pages < 1) {
         fprintf(stderr, "loraserve: --kv-cache-mb %d holds no KV page of %d tokens\n", cfg->kv_cache_mb, cfg->page_tokens);
         n_pages = -1;
     }
     bcast_bytes(world, &n_pages, sizeof n_pages);
-    if (n_pages < 1 || gather_reports(world, &rep, &capacity) != 0) goto fail;
+    if (n_pages < 1 || gather_reports(ch, &rep, &capacity) != 0) goto fail;
     LOG_I("model %s: %d layers, hidden %d, vocab %d, context %d; %d workers; pool of %d pages x %d tokens",
           cs.mc.architecture, cs.mc.n_layers, cs.mc.hidden_size, cs.mc.vocab_size, cs.mc.max_position,
           ch->size - 1, n_pages, cfg->page_tokens);
@@ -137,7 +135,11 @@ static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
         .server = { .listen_addr = cfg->listen, .max_receive_bytes = cfg->max_request_bytes,
                     .max_concurrent_streams = cfg->max_concurrent_streams },
         .sched = { .n_pages = n_pages, .page_tokens = cfg->page_tokens, .max_batch = cfg->max_batch,
-                   .max_step_tokens = cfg->max_step_tokens, .max_waiting = cfg->max_waiting },
+                   .max_step_tokens = cfg->max_step_tokens, .max_waiting = cfg->max_waiting,
+                   .prefetch = cfg->prefetch_adapters },
+        .adapters = { .root = cfg->adapters, .served_model = served_model_name(dir),
+                      .allow_base_mismatch = cfg->allow_adapter_base_mismatch, .tp_size = ch->size - 1,
+                      .page_tokens = cfg->page_tokens },
         .port_file = cfg->port_file, .default_max_new_tokens = cfg->default_max_new_tokens,
         .shutdown_grace_s = cfg->shutdown_grace_s,
     };
@@ -154,19 +156,21 @@ fail:
 static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, channel *ch)
 {
     char dir[PATH_BYTES];
-    rank_report rep = { .code = LS_OK };
+    channel_report rep = { .code = LS_OK };
     ls_error err = { 0 };
     worker wk;
     memset(&wk, 0, sizeof wk);
     bcast_bytes(world, dir, PATH_BYTES);
     if (dir[0] && worker_load(&wk, dir, workers, &err) != LS_OK) report_error(&rep, &err);
-    if (rep.code == LS_OK) rep.capacity = worker_pool_capacity(&wk, cfg->page_tokens, (size_t)cfg->kv_cache_mb << 20);
+    if (rep.code == LS_OK) rep.value = worker_pool_capacity(&wk, cfg->page_tokens, (size_t)cfg->kv_cache_mb << 20);
     int unused, n_pages = 0;
-    if (gather_reports(world, &rep, &unused) != 0) goto out;
+    if (gather_reports(ch, &rep, &unused) != 0) goto out;
     bcast_bytes(world, &n_pages, sizeof n_pages);
     if (n_pages < 1) goto out;
+    wk.allow_base_mismatch = cfg->allow_adapter_base_mismatch;
+    wk.adapter_cache_bytes = (size_t)cfg->adapter_cache_mb << 20;
     if (worker_start(&wk, n_pages, cfg->page_tokens, cfg->max_step_tokens, &err) != LS_OK) report_error(&rep, &err);
-    if (gather_reports(world, &rep, &unused) != 0) goto out;
+    if (gather_reports(ch, &rep, &unused) != 0) goto out;
     worker_serve(&wk, ch);
     worker_free(&wk);
     return 0;

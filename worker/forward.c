@@ -12,13 +12,14 @@ size_t forward_page_bytes(const model_config *cfg, int tp_size, int page_tokens)
     return (size_t)page_tokens * (size_t)cfg->n_layers * 2 * kv_heads * (size_t)cfg->head_dim * sizeof(float);
 }
 
-ls_status forward_init(forward *f, const model_weights *w, collective *col, int n_pages, int page_tokens,
-                       int max_tokens, ls_error *err)
+ls_status forward_init(forward *f, const model_weights *w, collective *col, const adapter_store *store,
+                       int n_pages, int page_tokens, int max_tokens, ls_error *err)
 {
     const model_config *c = &w->cfg;
     memset(f, 0, sizeof *f);
     f->w = w;
     f->col = col;
+    f->store = store;
     f->n_pages = n_pages;
     f->max_tokens = max_tokens;
     size_t kv_floats = (size_t)w->n_kv_heads_local * (size_t)c->head_dim;
@@ -48,6 +49,7 @@ ls_status forward_init(forward *f, const model_weights *w, collective *col, int 
     f->att_scratch = ls_xmalloc((size_t)c->max_position * sizeof(float));
     f->logits_local = ls_xmalloc(rows * (size_t)w->vocab_local * sizeof(float));
     f->inv_freq = ls_xmalloc((size_t)c->head_dim / 2 * sizeof(float));
+    lora_batch_init(&f->lb, max_tokens, max_tokens);
     op_rope_inv_freq(f->inv_freq, c->head_dim, c->rope_theta, c->rope_scaling, c->rope_factor,
                      c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_position);
     return LS_OK;
@@ -58,6 +60,7 @@ void forward_free(forward *f)
     void *bufs[] = { f->kv.pool, f->x, f->xn, f->proj, f->sel, f->q, f->att, f->k, f->v, f->gate, f->up,
                      f->pos, f->att_scratch, f->logits_local, f->inv_freq };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    lora_batch_free(&f->lb);
     memset(f, 0, sizeof *f);
 }
 
@@ -87,6 +90,10 @@ static void attention_block(forward *f, const plan *p, int l)
     op_matmul(f->q, f->xn, L->wq, n, H, hq * hd);
     op_matmul(f->k, f->xn, L->wk, n, H, hk * hd);
     op_matmul(f->v, f->xn, L->wv, n, H, hk * hd);
+    static const lora_module qkv[] = { LORA_Q, LORA_K, LORA_V };
+    float *const outs[] = { f->q, f->k, f->v };
+    const int widths[] = { hq * hd, hk * hd, hk * hd };
+    lora_apply_column(&f->lb, f->store, f->col, l, qkv, 3, f->xn, n, H, outs, widths);
     op_rope(f->q, f->pos, f->inv_freq, n, hq, hd);
     op_rope(f->k, f->pos, f->inv_freq, n, hk, hd);
     float scale = 1.0f / sqrtf((float)hd);
@@ -99,6 +106,7 @@ static void attention_block(forward *f, const plan *p, int l)
                            c->sliding_window, scale, f->att_scratch);
     }
     op_matmul(f->proj, f->att, L->wo, n, hq * hd, H);
+    lora_apply_row(&f->lb, f->store, f->col, l, LORA_O, f->att, n, hq * hd, f->proj, H);
 }
 
 /* MLP sublayer: f->xn -> f->proj (partial down-projection). */
@@ -108,8 +116,13 @@ static void mlp_block(forward *f, int n, int l)
     int H = f->w->cfg.hidden_size, I = f->w->inter_local;
     op_matmul(f->gate, f->xn, L->w_gate, n, H, I);
     op_matmul(f->up, f->xn, L->w_up, n, H, I);
+    static const lora_module gate_up[] = { LORA_GATE, LORA_UP };
+    float *const outs[] = { f->gate, f->up };
+    const int widths[] = { I, I };
+    lora_apply_column(&f->lb, f->store, f->col, l, gate_up, 2, f->xn, n, H, outs, widths);
     op_swiglu(f->gate, f->gate, f->up, n, I);
     op_matmul(f->proj, f->gate, L->w_down, n, I, H);
+    lora_apply_row(&f->lb, f->store, f->col, l, LORA_DOWN, f->gate, n, I, f->proj, H);
 }
 
 /* Final norm and lm_head over the last position of each sampled sequence, gathered on rank 0. */
@@ -135,6 +148,7 @@ void forward_step(forward *f, const plan *p, float *logits)
     const model_config *c = &f->w->cfg;
     int n = p->h.n_tokens, H = c->hidden_size;
     check_plan(f, p);
+    lora_batch_prepare(&f->lb, p, f->store);
     for (int s = 0; s < p->h.n_seqs; s++)
         for (int i = 0; i < p->seqs[s].n_tokens; i++) f->pos[p->seqs[s].tok_off + i] = p->seqs[s].start_pos + i;
     op_embedding(f->x, p->tokens, f->w->embed, n, H);

@@ -4,19 +4,25 @@
  * projected to logits at the end. Megatron tensor parallelism: each rank holds a slice of the heads and
  * of the MLP (weights.h); the o and down projections produce partial sums completed by an all-reduce.
  *
- * The KV pool is allocated once at start-up; pages are numbered by the coordinator (plan.h). */
+ * The pool is allocated once at start-up and holds KV pages and adapter pages alike; pages are numbered
+ * by the coordinator (plan.h). Adapters of the step must already be placed in the store (worker.c
+ * copies them before calling forward_step). */
 #ifndef LORASERVE_WORKER_FORWARD_H
 #define LORASERVE_WORKER_FORWARD_H
 
 #include "common/plan.h"
 #include "common/status.h"
 #include "kernels/ops.h"
+#include "worker/adapter_store.h"
 #include "worker/collective.h"
+#include "worker/lora_apply.h"
 #include "worker/weights.h"
 
 typedef struct forward {
     const model_weights *w;
     collective *col;
+    const adapter_store *store; // LoRA rows of the adapters placed for the step
+    lora_batch lb;
     kv_view kv;
     int n_pages;
     int max_tokens;             // per step (the coordinator's token budget)
@@ -31,8 +37,8 @@ typedef struct forward {
 
 /* Bytes one KV page takes on a rank of a tp_size group. */
 size_t forward_page_bytes(const model_config *cfg, int tp_size, int page_tokens);
-ls_status forward_init(forward *f, const model_weights *w, collective *col, int n_pages, int page_tokens,
-                       int max_tokens, ls_error *err);
+ls_status forward_init(forward *f, const model_weights *w, collective *col, const adapter_store *store,
+                       int n_pages, int page_tokens, int max_tokens, ls_error *err);
 void forward_free(forward *f);
 /* Runs the plan. On collective rank 0, logits receives (n_sample, vocab) rows in plan order of the
  * sequences with sample = 1; other ranks may pass NULL. */

@@ -7,6 +7,7 @@
 
 #include "common/channel.h"
 #include "common/status.h"
+#include "worker/adapter_store.h"
 #include "worker/collective.h"
 #include "worker/forward.h"
 #include "worker/weights.h"
@@ -14,7 +15,11 @@
 typedef struct worker {
     model_weights w;
     collective col;
+    adapter_store store;
     forward fwd;
+    char model_name[256];       // the served model's directory name (adapters' base_model_name_or_path)
+    int allow_base_mismatch;    // set before worker_start
+    size_t adapter_cache_bytes; // hot set of converted shards; set before worker_start
     float *logits;              // (max_tokens, vocab) on worker rank 0
     void *sample_scratch;
     int32_t *sampled;
@@ -25,7 +30,7 @@ ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, ls_er
 /* Pages of page_tokens tokens that fit in kv_bytes on this rank. */
 int worker_pool_capacity(const worker *wk, int page_tokens, size_t kv_bytes);
 ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens, ls_error *err);
-/* Executes plans until PLAN_SHUTDOWN. */
+/* Executes plans (steps and adapter commands) until PLAN_SHUTDOWN. */
 void worker_serve(worker *wk, channel *ch);
 /* Samples every sequence with sample = 1 from logits rows (worker rank 0 only). */
 void worker_sample(worker *wk, const plan *p, const float *logits, int32_t *out);

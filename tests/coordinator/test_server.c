@@ -10,9 +10,15 @@
  *   "fail"       stream the ids, then finish with RESOURCE_EXHAUSTED
  *   "burst"      stream: all ids in one tick, one 1 KiB message each, so that the server's send queue fills
  *   "ctl:<cmd>"  unary control, answered inside on_request: serving, not_serving, drain, stats
+ * The Adapters methods (on_admin) cover the three ways to answer:
+ *   ListAdapters    answered inside the hook: two fake adapters, "alpha" and "beta"
+ *   LoadAdapter     answered at the next tick: the adapter's info echoing the name; "missing" gets
+ *                   NOT_FOUND then, "hold" is never answered until cancelled
+ *   UnloadAdapter   answered inside the hook with an empty response; "busy" is refused by the hook with
+ *                   FAILED_PRECONDITION
  * Prints "port N" on stdout once listening; SIGTERM destroys the server with calls in flight and exits 0
  * only if every call the engine held was cancelled through on_cancel. With --bad-addr it only checks that
- * server_create reports a listen failure. */
+ * server_create reports a listen failure; with --no-admin it serves without on_admin. */
 #include <grpc/grpc.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -26,7 +32,7 @@
 
 #define TICK_MS 2
 
-typedef enum job_mode { JOB_ECHO, JOB_HOLD, JOB_FAIL, JOB_BURST } job_mode;
+typedef enum job_mode { JOB_ECHO, JOB_HOLD, JOB_FAIL, JOB_BURST, JOB_LOAD, JOB_LOAD_HOLD } job_mode;
 
 typedef struct job {
     struct job *next;
@@ -36,7 +42,7 @@ typedef struct job {
     int cancelled;          // on_cancel was called
     size_t n_ids, sent;     // prompt ids to echo, ids sent so far
     int32_t *ids;           // owned
-    char *request_id;       // owned
+    char *request_id;       // owned; a LoadAdapter's adapter name
 } job;
 
 typedef struct engine {
@@ -123,6 +129,107 @@ static void engine_on_cancel(void *ctx, server_call *call)
     e->cancels++;
 }
 
+static job *job_new(engine *e, server_call *call, job_mode mode, const char *request_id)
+{
+    job *j = calloc(1, sizeof *j);
+    char *rid = strdup(request_id);
+    if (!j || !rid) {
+        free(j), free(rid);
+        return NULL;
+    }
+    *j = (job){ .next = e->jobs, .call = call, .mode = mode, .request_id = rid };
+    server_call_set_user(call, j);
+    e->jobs = j;
+    e->n_jobs++;
+    e->accepted++;
+    return j;
+}
+
+static void fake_info(Loraserve__V1__AdapterInfo *info, char *name, uint32_t rank, char **mods, size_t n_mods)
+{
+    info->name = name;
+    info->max_rank = rank;
+    info->target_modules = mods, info->n_target_modules = n_mods;
+}
+
+/* Answered inside the hook, as the contract allows. loads is past 2^32 to check 64-bit encoding. */
+static ls_status admin_list(engine *e, server_call *call)
+{
+    char alpha[] = "alpha", beta[] = "beta", q[] = "q_proj", v[] = "v_proj", o[] = "o_proj";
+    char *mods_a[] = { q, v }, *mods_b[] = { q, v, o };
+    Loraserve__V1__AdapterInfo info[2] = { LORASERVE__V1__ADAPTER_INFO__INIT, LORASERVE__V1__ADAPTER_INFO__INIT };
+    fake_info(&info[0], alpha, 8, mods_a, 2);
+    info[0].resident = 1, info[0].pages = 12, info[0].loads = 5000000000ull;
+    fake_info(&info[1], beta, 16, mods_b, 3);
+    info[1].pages = 24, info[1].active_requests = 2, info[1].loads = 1;
+    Loraserve__V1__AdapterInfo *list[2] = { &info[0], &info[1] };
+    Loraserve__V1__ListAdaptersResponse rsp = LORASERVE__V1__LIST_ADAPTERS_RESPONSE__INIT;
+    rsp.adapters = list, rsp.n_adapters = 2;
+    e->accepted++;
+    server_call_finish_msg(call, &rsp.base, LS_OK, NULL);
+    e->finished++;
+    return LS_OK;
+}
+
+/* Like the real engine, a load is answered after a step (it needs the worker ranks). */
+static ls_status admin_load(engine *e, server_call *call, const Loraserve__V1__LoadAdapterRequest *req,
+                            ls_error *err)
+{
+    job_mode mode = strcmp(req->name, "hold") == 0 ? JOB_LOAD_HOLD : JOB_LOAD;
+    if (!job_new(e, call, mode, req->name)) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "test engine out of memory");
+    return LS_OK;
+}
+
+/* The refusal comes from the hook; a success is answered inside it with no message (an empty one). */
+static ls_status admin_unload(engine *e, server_call *call, const Loraserve__V1__UnloadAdapterRequest *req,
+                              ls_error *err)
+{
+    if (strcmp(req->name, "busy") == 0)
+        return ls_fail(err, LS_FAILED_PRECONDITION, "adapter 'busy' is used by 2 requests");
+    e->accepted++;
+    server_call_finish_msg(call, NULL, LS_OK, NULL);
+    e->finished++;
+    return LS_OK;
+}
+
+static ls_status engine_on_admin(void *ctx, server_call *call, server_admin_method m, const ProtobufCMessage *req,
+                                 ls_error *err)
+{
+    engine *e = ctx;
+    switch (m) {
+    case SERVER_ADMIN_LIST:
+        LS_ASSERT(req->descriptor == &loraserve__v1__list_adapters_request__descriptor);
+        return admin_list(e, call);
+    case SERVER_ADMIN_LOAD:
+        LS_ASSERT(req->descriptor == &loraserve__v1__load_adapter_request__descriptor);
+        return admin_load(e, call, (const Loraserve__V1__LoadAdapterRequest *)req, err);
+    case SERVER_ADMIN_UNLOAD:
+        LS_ASSERT(req->descriptor == &loraserve__v1__unload_adapter_request__descriptor);
+        return admin_unload(e, call, (const Loraserve__V1__UnloadAdapterRequest *)req, err);
+    }
+    return ls_fail(err, LS_INTERNAL, "unknown admin method %d", (int)m);
+}
+
+/* LoadAdapter at its first tick: "missing" fails, "hold" waits for its cancel, others echo the name. */
+static int job_step_load(engine *e, job *j)
+{
+    if (j->mode == JOB_LOAD_HOLD) return 0;
+    if (strcmp(j->request_id, "missing") == 0) {
+        server_call_finish_msg(j->call, NULL, LS_NOT_FOUND, "adapter 'missing' not found");
+    } else {
+        char q[] = "q_proj";
+        char *mods[] = { q };
+        Loraserve__V1__AdapterInfo info = LORASERVE__V1__ADAPTER_INFO__INIT;
+        fake_info(&info, j->request_id, 4, mods, 1);
+        info.resident = 1, info.pages = 3, info.loads = 1;
+        Loraserve__V1__LoadAdapterResponse rsp = LORASERVE__V1__LOAD_ADAPTER_RESPONSE__INIT;
+        rsp.adapter = &info;
+        server_call_finish_msg(j->call, &rsp.base, LS_OK, NULL);
+    }
+    e->finished++;
+    return 1;
+}
+
 /* Unary: answer everything at the first tick (hold waits for its cancel). */
 static int job_step_unary(engine *e, job *j, Loraserve__V1__GenerateResponse *rsp)
 {
@@ -177,6 +284,7 @@ static int job_step(engine *e, job *j)
         engine_finish(e, j, NULL, LS_CANCELLED, "cancelled");
         return 1;
     }
+    if (j->mode == JOB_LOAD || j->mode == JOB_LOAD_HOLD) return job_step_load(e, j);
     return j->streaming ? job_step_stream(e, j, &rsp) : job_step_unary(e, j, &rsp);
 }
 
@@ -220,12 +328,13 @@ static int check_bad_addr(void)
     return st == LS_UNAVAILABLE && s == NULL ? 0 : 1;
 }
 
-static int serve(void)
+static int serve(int admin)
 {
     engine e = { .last_deadline_left_ms = -1 };
     server_opts opts = { .listen_addr = "127.0.0.1:0", .max_receive_bytes = 64 * 1024,
                          .max_concurrent_streams = 100 };
-    server_hooks hooks = { .ctx = &e, .on_request = engine_on_request, .on_cancel = engine_on_cancel };
+    server_hooks hooks = { .ctx = &e, .on_request = engine_on_request, .on_cancel = engine_on_cancel,
+                           .on_admin = admin ? engine_on_admin : NULL };
     ls_error err = { 0 };
     if (server_create(&e.s, &opts, &hooks, &err) != LS_OK) {
         fprintf(stderr, "server_create: %s\n", err.msg);
@@ -258,7 +367,8 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     grpc_init();
-    int rc = argc > 1 && strcmp(argv[1], "--bad-addr") == 0 ? check_bad_addr() : serve();
+    const char *opt = argc > 1 ? argv[1] : "";
+    int rc = strcmp(opt, "--bad-addr") == 0 ? check_bad_addr() : serve(strcmp(opt, "--no-admin") != 0);
     grpc_shutdown();
     return rc;
 }

@@ -20,6 +20,7 @@ except ImportError:
     sys.exit(0)
 
 GEN = "/loraserve.v1.Generation/"
+ADMIN = "/loraserve.v1.Adapters/"
 HEALTH = "/grpc.health.v1.Health/"
 SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3
 FINISH_LENGTH = 1
@@ -117,6 +118,40 @@ def dec_response(buf):
     return r
 
 
+def enc_name(name):
+    """LoadAdapterRequest / UnloadAdapterRequest; ListAdaptersRequest is enc_name("")."""
+    return field(1, 2, name.encode()) if name else b""
+
+
+def dec_info(buf):
+    r = {"name": "", "max_rank": 0, "target_modules": [], "resident": False, "pages": 0, "active_requests": 0,
+         "loads": 0}
+    keys = {2: "max_rank", 5: "pages", 6: "active_requests", 7: "loads"}
+    for num, _, val in fields(buf):
+        if num == 1:
+            r["name"] = val.decode()
+        elif num == 3:
+            r["target_modules"].append(val.decode())
+        elif num == 4:
+            r["resident"] = bool(val)
+        elif num in keys:
+            r[keys[num]] = val
+    return r
+
+
+def dec_load(buf):
+    """LoadAdapterResponse -> its AdapterInfo (None when absent)."""
+    info = None
+    for num, _, val in fields(buf):
+        if num == 1:
+            info = dec_info(val)
+    return info
+
+
+def dec_list(buf):
+    return [dec_info(val) for num, _, val in fields(buf) if num == 1]
+
+
 def enc_health(service):
     return field(1, 2, service.encode()) if service else b""
 
@@ -171,6 +206,18 @@ class Client:
                                          response_deserializer=dec_health)
         self.watch = self.ch.unary_stream(HEALTH + "Watch", request_serializer=enc_health,
                                           response_deserializer=dec_health)
+        self.load = self.ch.unary_unary(ADMIN + "LoadAdapter", request_serializer=enc_name,
+                                        response_deserializer=dec_load)
+        self.unload = self.ch.unary_unary(ADMIN + "UnloadAdapter", request_serializer=enc_name,
+                                          response_deserializer=bytes)
+        self.list = self.ch.unary_unary(ADMIN + "ListAdapters", request_serializer=enc_name,
+                                        response_deserializer=dec_list)
+
+    def admin_calls(self):
+        """One call per Adapters method with a valid request, as (name, thunk)."""
+        return [("LoadAdapter", lambda: self.load("a1", timeout=self.timeout)),
+                ("UnloadAdapter", lambda: self.unload("a1", timeout=self.timeout)),
+                ("ListAdapters", lambda: self.list("", timeout=self.timeout))]
 
     def raw(self, method, payload):
         return self.ch.unary_unary(method)(payload, timeout=self.timeout)
@@ -356,6 +403,73 @@ def t_health(tap, c):
     tap.ok(st["live"] == "0", "cancelled Watch calls are released", st)
 
 
+def t_admin(tap, c):
+    before = c.stats()
+    got = c.list("", timeout=c.timeout)
+    want = [dict(name="alpha", max_rank=8, target_modules=["q_proj", "v_proj"], resident=True, pages=12,
+                 active_requests=0, loads=5000000000),
+            dict(name="beta", max_rank=16, target_modules=["q_proj", "v_proj", "o_proj"], resident=False,
+                 pages=24, active_requests=2, loads=1)]
+    tap.ok(got == want, "ListAdapters answered inside the hook: both adapters, every field", got)
+    info = c.load("lora-7", timeout=c.timeout)
+    want = dict(name="lora-7", max_rank=4, target_modules=["q_proj"], resident=True, pages=3, active_requests=0,
+                loads=1)
+    tap.ok(info == want, "LoadAdapter answered at the next tick echoes the name", info)
+    err, _ = rpc_error(lambda: c.load("missing", timeout=c.timeout))
+    tap.ok(err is not None and err.code() == grpc.StatusCode.NOT_FOUND
+           and err.details() == "adapter 'missing' not found",
+           "LoadAdapter failed by the engine later -> its status and message", err)
+    r = c.unload("lora-7", timeout=c.timeout)
+    tap.ok(r == b"", "UnloadAdapter finished with no message -> an empty response", r)
+    err, _ = rpc_error(lambda: c.unload("busy", timeout=c.timeout))
+    tap.ok(err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION
+           and err.details() == "adapter 'busy' is used by 2 requests",
+           "UnloadAdapter refused by the hook -> its status and message", err)
+    bad = {}
+    for name in ("LoadAdapter", "UnloadAdapter", "ListAdapters"):
+        err, _ = rpc_error(lambda: c.raw(ADMIN + name, b"\xff\xff\xff"))
+        bad[name] = (err.code(), err.details()) if err else None
+    tap.ok(all(v == (grpc.StatusCode.INVALID_ARGUMENT, "malformed request") for v in bad.values()),
+           "undecodable admin requests -> INVALID_ARGUMENT 'malformed request'", bad)
+    st = c.wait_idle(c.timeout)
+    tap.ok(int(st["accepted"]) - int(before["accepted"]) == 4 and st["live"] == "0" and st["jobs"] == "0",
+           "admin calls: only the accepted ones reach the engine, all are released", (before, st))
+
+
+def t_admin_cancel(tap, c):
+    before = c.stats()
+    err, _ = rpc_error(lambda: c.load("hold", timeout=0.1))
+    tap.ok(err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
+           "a LoadAdapter the engine never answers -> DEADLINE_EXCEEDED", err)
+    fut = c.load.future("hold", timeout=c.timeout)
+    time.sleep(0.05)
+    fut.cancel()
+    st = c.wait_idle(c.timeout)
+    tap.ok(int(st["cancels"]) == int(before["cancels"]) + 2 and st["live"] == "0" and st["jobs"] == "0",
+           "deadline and client cancel of admin calls: on_cancel, calls released", (before, st))
+
+
+def t_no_admin(tap, wrap, exe, slow):
+    proc, port = start_server(wrap + [exe, "--no-admin"])
+    c = Client(port, slow)
+    try:
+        codes = {}
+        for name, call in c.admin_calls():
+            err, _ = rpc_error(call)
+            codes[name] = (err.code(), err.details()) if err else None
+        unimpl = [v is not None and v[0] == grpc.StatusCode.UNIMPLEMENTED and k in v[1] for k, v in codes.items()]
+        tap.ok(all(unimpl), "without on_admin every Adapters method -> UNIMPLEMENTED naming it", codes)
+        r = c.unary(dict(ids=[3]), timeout=c.timeout)
+        tap.ok(r["token_ids"] == [3], "without on_admin Generate still works", r)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=c.timeout)
+        tap.ok(rc == 0, "the server without on_admin exits 0%s" % (", valgrind clean" if slow else ""), rc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c.ch.close()
+
+
 def start_server(argv):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -378,6 +492,12 @@ def t_drain_and_stop(tap, c, proc):
            "after drain a new Generate -> UNAVAILABLE 'server is shutting down'", err)
     err, _ = rpc_error(lambda: read_stream(c, dict(ids=[1])))
     tap.ok(err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, "after drain a new GenerateStream -> UNAVAILABLE")
+    codes = {}
+    for name, call in c.admin_calls():
+        err, _ = rpc_error(call)
+        codes[name] = (err.code(), err.details()) if err else None
+    tap.ok(all(v == (grpc.StatusCode.UNAVAILABLE, "server is shutting down") for v in codes.values()),
+           "after drain every Adapters method -> UNAVAILABLE 'server is shutting down'", codes)
     tap.ok(c.check("", timeout=c.timeout) == NOT_SERVING, "after drain health Check -> NOT_SERVING")
     tap.ok(next(watch) == NOT_SERVING, "the open Watch receives NOT_SERVING")
     rest = [t for m in echo for t in m["token_ids"]]
@@ -413,7 +533,7 @@ def main():
     c = Client(port, slow=bool(wrap))
     try:
         tests = (t_unary, t_stream, t_concurrent, t_burst, t_cancel, t_mixed, lambda tap, c: t_disconnect(tap, c, port),
-                 t_deadline, t_deadline_value, t_errors, t_health)
+                 t_deadline, t_deadline_value, t_errors, t_health, t_admin, t_admin_cancel)
         for t in tests:
             try:
                 t(tap, c)
@@ -424,6 +544,7 @@ def main():
         if proc.poll() is None:
             proc.kill()
         c.ch.close()
+    t_no_admin(tap, wrap, exe, slow=bool(wrap))
     return tap.done()
 
 

@@ -4,12 +4,8 @@
  * with the recorded ones, and the greedy tokens exactly. Prompts run one at a time and then all together
  * in one batch (prefills side by side, decodes side by side), over a scrambled page table, so batching
  * and paging cannot change the numbers.
- *
- * Tolerance: both sides compute in fp32; only the order of additions differs (matmul blocking, the
- * tensor-parallel all-reduce, softmax). Over these sizes (dims <= 256, 2 layers) that moves logits by
- * ~1e-6 relative; |diff| <= 1e-4 + 1e-4*|ref| leaves two orders of margin yet catches any wrong
- * rotation, mask, scale or shard (each of which moves logits by >= 1e-2). The recorded top-1/top-2
- * margin is >= 1e-3, so greedy tokens must match exactly. */
+ * Tolerances: golden_util.h. The recorded top-1/top-2 margin is >= 1e-3, so greedy tokens must match
+ * exactly. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -18,12 +14,11 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/safetensors.h"
+#include "tests/golden/golden_util.h"
 #include "tests/tap.h"
 #include "worker/worker.h"
 
 #define MAX_PROMPTS 8
-#define ATOL 1e-4
-#define RTOL 1e-4
 
 typedef struct golden {
     int n_prompts, max_new;
@@ -31,14 +26,6 @@ typedef struct golden {
     int prompt_len[MAX_PROMPTS];
     st_file *logits;
 } golden;
-
-static int32_t *int_array(const json *a, int *n)
-{
-    *n = (int)a->len;
-    int32_t *v = ls_xcalloc(a->len, sizeof *v);
-    for (size_t i = 0; i < a->len; i++) v[i] = (int32_t)a->items[i].integer;
-    return v;
-}
 
 static int golden_load(golden *g, const char *dir)
 {
@@ -54,8 +41,8 @@ static int golden_load(golden *g, const char *dir)
     g->n_prompts = (int)prompts->len < MAX_PROMPTS ? (int)prompts->len : MAX_PROMPTS;
     for (int i = 0; i < g->n_prompts; i++) {
         int n;
-        g->prompt[i] = int_array(&prompts->items[i], &g->prompt_len[i]);
-        g->greedy[i] = int_array(&greedy->items[i], &n);
+        g->prompt[i] = golden_int_array(&prompts->items[i], &g->prompt_len[i]);
+        g->greedy[i] = golden_int_array(&greedy->items[i], &n);
     }
     json_free(doc);
     snprintf(path, sizeof path, "%s/golden.safetensors", dir);
@@ -63,45 +50,13 @@ static int golden_load(golden *g, const char *dir)
     return 0;
 }
 
-/* One sequence's state in the test's own tiny page allocator. */
-typedef struct seq { int32_t tokens[1024]; int n_tokens, n_cached; int32_t pages[256]; int n_pages; } seq;
-
-static void add_seq(plan *p, seq *s, int page_tokens)
-{
-    int n = s->n_tokens - s->n_cached;
-    plan_seq *q = plan_add_seq(p, s->tokens + s->n_cached, n, s->pages, (s->n_tokens + page_tokens - 1) / page_tokens);
-    q->start_pos = s->n_cached;
-    q->sample = 1;
-    p->h.n_sample++;
-}
-
-/* Compares a logits row with the recorded one; returns the max scaled error. */
-static double compare_row(const float *got, const st_tensor *t, int row, int vocab, double *max_abs)
-{
-    float *ref = ls_xmalloc((size_t)vocab * sizeof *ref);
-    st_to_f32(ref, t, (size_t)row * vocab, (size_t)vocab);
-    double worst = 0;
-    for (int i = 0; i < vocab; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (d > *max_abs) *max_abs = d;
-        double scaled = d / (ATOL + RTOL * fabs(ref[i]));
-        if (!(scaled <= worst)) worst = scaled;     // NaN propagates as a failure
-    }
-    free(ref);
-    return worst;
-}
-
 /* Runs prompts [first, first+count) together; checks logits and tokens on rank 0. */
 static void run_batch(worker *wk, golden *g, int first, int count, int page_tokens, int *next_page, const char *label)
 {
-    seq *s = ls_xcalloc((size_t)count, sizeof *s);
+    golden_seq *s = ls_xcalloc((size_t)count, sizeof *s);
     int V = wk->w.cfg.vocab_size, rank = wk->col.rank;
-    for (int i = 0; i < count; i++) {
-        memcpy(s[i].tokens, g->prompt[first + i], (size_t)g->prompt_len[first + i] * sizeof(int32_t));
-        s[i].n_tokens = g->prompt_len[first + i];
-        s[i].n_pages = (s[i].n_tokens + g->max_new + page_tokens - 1) / page_tokens;
-        for (int k = 0; k < s[i].n_pages; k++) s[i].pages[k] = (*next_page)--;   // descending: scrambled
-    }
+    for (int i = 0; i < count; i++)
+        golden_seq_init(&s[i], g->prompt[first + i], g->prompt_len[first + i], g->max_new, page_tokens, next_page);
     plan p;
     plan_init(&p);
     double worst = 0, max_abs = 0;
@@ -109,7 +64,7 @@ static void run_batch(worker *wk, golden *g, int first, int count, int page_toke
     int32_t *ids = ls_xcalloc((size_t)count, sizeof *ids);
     for (int step = 0; step < g->max_new; step++) {
         plan_reset(&p, PLAN_STEP, (uint64_t)step);
-        for (int i = 0; i < count; i++) add_seq(&p, &s[i], page_tokens);
+        for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
         forward_step(&wk->fwd, &p, wk->logits);
         if (rank == 0) worker_sample(wk, &p, wk->logits, ids);
         MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
@@ -117,7 +72,7 @@ static void run_batch(worker *wk, golden *g, int first, int count, int page_toke
             char name[32];
             snprintf(name, sizeof name, "logits.%d", first + i);
             if (rank == 0) {
-                double w = compare_row(wk->logits + (size_t)i * V, st_find(g->logits, name), step, V, &max_abs);
+                double w = golden_compare_row(wk->logits + (size_t)i * V, st_find(g->logits, name), step, V, &max_abs);
                 if (!(w <= worst)) worst = w;
             }
             if (ids[i] != g->greedy[first + i][step]) tokens_ok = 0;

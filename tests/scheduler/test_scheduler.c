@@ -47,7 +47,7 @@ static void test_chunked_prefill(void)
 {
     scheduler s;
     scheduler_init(&s, &(scheduler_opts){ .n_pages = 64, .page_tokens = 16, .max_batch = 8, .max_step_tokens = 32,
-                                          .max_waiting = 8 });
+                                          .max_waiting = 8 }, 0);
     plan p;
     plan_init(&p);
     request *a = make_request(100, 4);
@@ -81,7 +81,7 @@ static void test_bounds(void)
 {
     scheduler s;
     scheduler_init(&s, &(scheduler_opts){ .n_pages = 4, .page_tokens = 16, .max_batch = 2, .max_step_tokens = 64,
-                                          .max_waiting = 2 });
+                                          .max_waiting = 2 }, 0);
     request *big = make_request(60, 10);
     ls_error err = { 0 };
     TAP_OK(scheduler_submit(&s, big, &err) == LS_RESOURCE_EXHAUSTED && strstr(err.msg, "pool"),
@@ -107,7 +107,7 @@ static void test_preemption(void)
     // past 12 tokens needs a 4th page each, which the pool cannot give both.
     scheduler s;
     scheduler_init(&s, &(scheduler_opts){ .n_pages = 6, .page_tokens = 4, .max_batch = 4, .max_step_tokens = 64,
-                                          .max_waiting = 4 });
+                                          .max_waiting = 4 }, 0);
     plan p;
     plan_init(&p);
     request *old = make_request(8, 12), *young = make_request(8, 12);
@@ -139,11 +139,83 @@ static void test_preemption(void)
     scheduler_free(&s);
 }
 
+/* A registered adapter taking n_pages pages (its ranks do not matter to the scheduler). */
+static adapter *make_adapter(scheduler *s, const char *name, int n_pages)
+{
+    peft_adapter p;
+    memset(&p, 0, sizeof p);
+    p.shape.n_layers = 1;
+    p.shape.rank = ls_xcalloc(LORA_N_MODULES, sizeof *p.shape.rank);
+    p.shape.scale = ls_xcalloc(LORA_N_MODULES, sizeof *p.shape.scale);
+    return adapter_registry_add(&s->adapters, name, &p, n_pages);
+}
+
+static int plan_copies(const plan *p, const adapter *a)
+{
+    for (int i = 0; i < p->h.n_adapters; i++)
+        if (p->adapters[i].id == a->id) return p->adapters[i].copy ? 1 : 0;
+    return -1;
+}
+
+static void test_adapters(void)
+{
+    // 12 pages of 4 tokens; adapters of 4 pages. Requests need 2 KV pages (4 prompt + 1 next token).
+    scheduler s;
+    scheduler_init(&s, &(scheduler_opts){ .n_pages = 12, .page_tokens = 4, .max_batch = 4, .max_step_tokens = 64,
+                                          .max_waiting = 8, .prefetch = 2 }, 0);
+    adapter *a = make_adapter(&s, "a", 4), *b = make_adapter(&s, "b", 4), *c = make_adapter(&s, "c", 4);
+    plan p;
+    plan_init(&p);
+    request *ra = make_request(4, 4);
+    ra->ad = a;
+    a->active++;
+    scheduler_submit(&s, ra, NULL);
+    scheduler_build(&s, &p, 1);
+    TAP_OK(a->resident && plan_copies(&p, a) == 1, "admission copies the adapter in within the same step");
+    TAP_OK(p.seqs[0].adapter == a->id, "the sequence names its adapter slot");
+    run_step(&s, &p);
+    scheduler_build(&s, &p, 2);
+    TAP_OK(plan_copies(&p, a) == 0, "a resident adapter is not copied again");
+    run_step(&s, &p);
+    // b queued behind c: while a runs, c is admitted and b prefetched if pages allow.
+    request *rc = make_request(4, 4), *rb = make_request(4, 4);
+    rc->ad = c; c->active++;
+    rb->ad = b; b->active++;
+    scheduler_submit(&s, rc, NULL);
+    scheduler_submit(&s, rb, NULL);
+    scheduler_build(&s, &p, 3);
+    TAP_OK(c->resident && a->resident, "second adapter admitted next to the running one (%d free)",
+           page_pool_available(&s.pool));
+    TAP_OK(!b->resident, "third adapter waits: pool too small with both pinned");
+    TAP_OK(s.pool.in_use[PAGE_ADAPTER] == 8 && s.pool.in_use[PAGE_KV] <= 4, "pages by use: %d adapter, %d KV",
+           s.pool.in_use[PAGE_ADAPTER], s.pool.in_use[PAGE_KV]);
+    run_step(&s, &p);
+    scheduler_remove(&s, ra);
+    a->active--;
+    scheduler_build(&s, &p, 4);
+    TAP_OK(!a->resident && b->resident && plan_copies(&p, b) == 1,
+           "the idle adapter is evicted (LRU) to admit the waiting one");
+    TAP_OK(c->resident, "an adapter of a running request is never evicted");
+    TAP_OK(s.adapters.evictions == 1 && s.adapters.loads == 3, "1 eviction, 3 loads (%llu, %llu)",
+           (unsigned long long)s.adapters.evictions, (unsigned long long)s.adapters.loads);
+    run_step(&s, &p);
+    scheduler_remove(&s, rb);
+    scheduler_remove(&s, rc);
+    b->active--;
+    c->active--;
+    free_request(ra);
+    free_request(rb);
+    free_request(rc);
+    plan_free(&p);
+    scheduler_free(&s);
+}
+
 int main(void)
 {
     log_init(0, LOG_WARN);
     test_chunked_prefill();
     test_bounds();
     test_preemption();
+    test_adapters();
     return tap_done();
 }

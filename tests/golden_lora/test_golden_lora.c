@@ -1,0 +1,170 @@
+/* Golden check of multi-LoRA against Hugging Face PEFT: the fixture base model and its adapters
+ * (tests/golden_lora, made by make_golden_lora.py) are registered in the worker's adapter store and
+ * placed in pool pages; then every (adapter, prompt) case runs greedy steps alone, and all 32 cases run
+ * again together in ONE batch (8 adapters of ranks 1..64 incl. rsLoRA, rank/alpha patterns and
+ * MLP-only, mixed with the base model), under mpirun with T workers. Logits must match PEFT's within
+ * golden_util.h's tolerance and greedy tokens exactly. */
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/json.h"
+#include "common/log.h"
+#include "tests/golden/golden_util.h"
+#include "tests/tap.h"
+#include "worker/worker.h"
+
+#define MAX_CASES 64
+#define MAX_ADAPTERS 16
+
+typedef struct lora_golden {
+    int max_new, n_prompts, n_cases, n_adapters;
+    int32_t *prompt[8];
+    int prompt_len[8];
+    char adapter_name[MAX_ADAPTERS][64];
+    struct { int adapter; int prompt; int32_t *greedy; char logits[96]; } cases[MAX_CASES];
+    st_file *logits;
+} lora_golden;
+
+static int find_adapter(const lora_golden *g, const char *name)
+{
+    for (int i = 0; i < g->n_adapters; i++)
+        if (!strcmp(g->adapter_name[i], name)) return i;
+    return -1;
+}
+
+static int load(lora_golden *g, const char *dir)
+{
+    char path[4200];
+    ls_error err = { 0 };
+    json_doc *doc;
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    if (json_parse_file(&doc, path, 1 << 24, &err) != LS_OK) { fprintf(stderr, "%s\n", err.msg); return -1; }
+    const json *root = json_root(doc), *prompts = json_get(root, "prompts"), *ads = json_get(root, "adapters");
+    const json *cases = json_get(root, "cases");
+    int64_t mn = 0;
+    json_get_int(root, "max_new_tokens", 0, &mn, &err);
+    g->max_new = (int)mn;
+    g->n_prompts = (int)prompts->len;
+    for (int i = 0; i < g->n_prompts && i < 8; i++) g->prompt[i] = golden_int_array(&prompts->items[i], &g->prompt_len[i]);
+    g->n_adapters = (int)ads->len < MAX_ADAPTERS ? (int)ads->len : MAX_ADAPTERS;
+    for (int i = 0; i < g->n_adapters; i++)
+        snprintf(g->adapter_name[i], sizeof g->adapter_name[i], "%s", json_get_str(&ads->items[i], "name", NULL, NULL));
+    g->n_cases = (int)cases->len < MAX_CASES ? (int)cases->len : MAX_CASES;
+    for (int i = 0; i < g->n_cases; i++) {
+        const json *c = &cases->items[i];
+        int64_t pr = 0, n;
+        json_get_int(c, "prompt", 0, &pr, NULL);
+        g->cases[i].prompt = (int)pr;
+        g->cases[i].adapter = find_adapter(g, json_get_str(c, "adapter", NULL, NULL));   // -1 = base
+        int nn;
+        g->cases[i].greedy = golden_int_array(json_get(c, "greedy"), &nn);
+        snprintf(g->cases[i].logits, sizeof g->cases[i].logits, "%s", json_get_str(c, "logits", NULL, NULL));
+        (void)n;
+    }
+    json_free(doc);
+    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    if (st_open(&g->logits, path, &err) != LS_OK) { fprintf(stderr, "%s\n", err.msg); return -1; }
+    return 0;
+}
+
+/* Registers every adapter under slot = its index and places it in pages from the top of the pool. */
+static int place_adapters(worker *wk, const lora_golden *g, const char *dir, int *next_page, int32_t *pages)
+{
+    for (int i = 0; i < g->n_adapters; i++) {
+        char path[4200];
+        ls_error err = { 0 };
+        snprintf(path, sizeof path, "%s/adapters/%s", dir, g->adapter_name[i]);
+        if (adapter_store_register(&wk->store, i, path, "base", 0, &err) != LS_OK) {
+            fprintf(stderr, "r%d: %s: %s\n", wk->col.rank, g->adapter_name[i], err.msg);
+            return -1;
+        }
+        int n = lora_layout_pages(&wk->w.cfg, &wk->store.slots[i]->peft.shape, wk->w.tp_size, wk->store.page_floats);
+        for (int k = 0; k < n; k++) pages[k] = (*next_page)--;
+        if (adapter_store_place(&wk->store, i, pages, n, wk->fwd.kv.pool, wk->fwd.kv.page_stride, 1, &err) != LS_OK) {
+            fprintf(stderr, "r%d: place %s: %s\n", wk->col.rank, g->adapter_name[i], err.msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Runs cases [first, first+count) together, greedy with teacher forcing; checks on worker rank 0. */
+static void run_cases(worker *wk, const lora_golden *g, int first, int count, int page_tokens, int *next_page,
+                      const char *label)
+{
+    golden_seq *s = ls_xcalloc((size_t)count, sizeof *s);
+    int V = wk->w.cfg.vocab_size, rank = wk->col.rank, tokens_ok = 1;
+    for (int i = 0; i < count; i++) {
+        int pr = g->cases[first + i].prompt;
+        golden_seq_init(&s[i], g->prompt[pr], g->prompt_len[pr], g->max_new, page_tokens, next_page);
+        s[i].adapter = g->cases[first + i].adapter;
+    }
+    plan p;
+    plan_init(&p);
+    double worst = 0, max_abs = 0;
+    int32_t *ids = ls_xcalloc((size_t)count, sizeof *ids);
+    for (int step = 0; step < g->max_new; step++) {
+        plan_reset(&p, PLAN_STEP, (uint64_t)step);
+        for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
+        forward_step(&wk->fwd, &p, wk->logits);
+        if (rank == 0) worker_sample(wk, &p, wk->logits, ids);
+        MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
+        for (int i = 0; i < count; i++) {
+            if (rank == 0) {
+                const st_tensor *t = st_find(g->logits, g->cases[first + i].logits);
+                double w = t ? golden_compare_row(wk->logits + (size_t)i * V, t, step, V, &max_abs) : 1e9;
+                if (!(w <= worst)) worst = w;
+            }
+            if (ids[i] != g->cases[first + i].greedy[step]) tokens_ok = 0;
+            s[i].n_cached = s[i].n_tokens;
+            s[i].tokens[s[i].n_tokens++] = g->cases[first + i].greedy[step];
+        }
+    }
+    if (rank == 0) {
+        TAP_OK(worst <= 1.0, "%s: logits within 1e-4 + 1e-4*|ref| of PEFT (max |diff| %.3g)", label, max_abs);
+        TAP_OK(tokens_ok, "%s: greedy tokens identical to PEFT", label);
+    }
+    free(ids);
+    free(s);
+    plan_free(&p);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    log_init(rank, LOG_WARN);
+    if (argc < 2) { fprintf(stderr, "usage: test_golden_lora FIXTURE_DIR\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
+    lora_golden g;
+    memset(&g, 0, sizeof g);
+    worker wk;
+    ls_error err = { 0 };
+    char base[4200];
+    snprintf(base, sizeof base, "%s/base", argv[1]);
+    int page_tokens = 4, n_pages = 4096, next_page = n_pages - 1;
+    int32_t *pages = ls_xcalloc((size_t)n_pages, sizeof *pages);
+    if (load(&g, argv[1]) != 0 || worker_load(&wk, base, MPI_COMM_WORLD, &err) != LS_OK ||
+        worker_start(&wk, n_pages, page_tokens, 1024, &err) != LS_OK || place_adapters(&wk, &g, argv[1], &next_page, pages)) {
+        fprintf(stderr, "r%d: cannot set up %s: %s\n", rank, argv[1], err.msg);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (rank == 0) TAP_DIAG("%s at TP=%d: %d adapters, %d cases x %d greedy steps", argv[1], size, g.n_adapters,
+                            g.n_cases, g.max_new);
+    char label[128];
+    for (int i = 0; i < g.n_cases; i++) {
+        int a = g.cases[i].adapter;
+        snprintf(label, sizeof label, "%s, prompt %d alone", a < 0 ? "base" : g.adapter_name[a], g.cases[i].prompt);
+        run_cases(&wk, &g, i, 1, page_tokens, &next_page, label);
+    }
+    run_cases(&wk, &g, 0, g.n_cases, page_tokens, &next_page, "all cases in one mixed-adapter batch");
+    worker_free(&wk);
+    st_close(g.logits);
+    free(pages);
+    int rc = rank == 0 ? tap_done() : 0;
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Finalize();
+    return rc;
+}
