@@ -109,10 +109,10 @@ static ls_status ensure_registered(adapter_service *s, const char *name, adapter
     }
     size_t page_floats = lora_page_floats(s->mc, s->o.tp_size, s->o.page_tokens);
     int n_pages = lora_layout_pages(s->mc, &peft.shape, s->o.tp_size, page_floats);
-    if (n_pages > s->sched->o.n_pages / 2) {
+    if (n_pages > s->sched->o.n_pages / 2) {    // it must leave room for the KV of its own requests
         peft_adapter_free(&peft);
-        return ls_fail(err, LS_RESOURCE_EXHAUSTED, "adapter '%s' needs %d pool pages; the pool has %d", name, n_pages,
-                       s->sched->o.n_pages);
+        return ls_fail(err, LS_RESOURCE_EXHAUSTED, "adapter '%s' needs %d pool pages, more than half of the pool's %d",
+                       name, n_pages, s->sched->o.n_pages);
     }
     adapter *a = adapter_registry_add(&s->sched->adapters, name, &peft, n_pages);
     if ((st = register_on_workers(s, a, dir, err)) != LS_OK) {

@@ -211,6 +211,37 @@ def generate(channel, req, stream, timeout_s, on_delta=None):
     return merged or decode_generate_response(b''), n
 
 
+LOAD_ADAPTER = '/loraserve.v1.Adapters/LoadAdapter'
+UNLOAD_ADAPTER = '/loraserve.v1.Adapters/UnloadAdapter'
+LIST_ADAPTERS = '/loraserve.v1.Adapters/ListAdapters'
+
+
+def decode_adapter_info(buf):
+    m = {'name': '', 'max_rank': 0, 'target_modules': [], 'resident': False, 'pages': 0, 'active_requests': 0,
+         'loads': 0}
+    for field, wt, v in _fields(buf):
+        if field == 1 and wt == 2:
+            m['name'] = v.decode('utf-8', 'replace')
+        elif field == 3 and wt == 2:
+            m['target_modules'].append(v.decode('utf-8', 'replace'))
+        elif wt == 0 and field in (2, 4, 5, 6, 7):
+            key = {2: 'max_rank', 4: 'resident', 5: 'pages', 6: 'active_requests', 7: 'loads'}[field]
+            m[key] = bool(v) if key == 'resident' else v
+    return m
+
+
+def adapter_call(channel, method, name=None, timeout_s=60):
+    """LoadAdapter / UnloadAdapter (name) or ListAdapters (no name): returns the decoded answer, an
+    AdapterInfo dict for Load, {} for Unload, a list of AdapterInfo dicts for List."""
+    call = channel.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
+    raw = call(_len_field(1, name.encode()) if name else b'', timeout=timeout_s)
+    if method == LIST_ADAPTERS:
+        return [decode_adapter_info(v) for f, wt, v in _fields(raw) if f == 1 and wt == 2]
+    if method == LOAD_ADAPTER:
+        return next((decode_adapter_info(v) for f, wt, v in _fields(raw) if f == 1 and wt == 2), {})
+    return {}
+
+
 def codec_tool(argv):
     """For tests that check this codec against another protobuf implementation:
     --codec-encode JSON (a GenerateRequest) prints hex; --codec-decode HEX prints a GenerateResponse as JSON."""
@@ -224,7 +255,7 @@ def codec_tool(argv):
 def main(argv):
     if len(argv) == 2 and argv[0] in ('--codec-encode', '--codec-decode'):
         return codec_tool(argv)
-    ap = argparse.ArgumentParser(description='loraserve gRPC client (Generate, GenerateStream, health)')
+    ap = argparse.ArgumentParser(description='loraserve gRPC client (Generate, GenerateStream, health, adapters)')
     ap.add_argument('--addr', default='127.0.0.1:50051', help='server host:port')
     ap.add_argument('--prompt', default='', help='text prompt')
     ap.add_argument('--token-ids', default='', help='prompt as comma-separated token ids instead of text')
@@ -242,6 +273,9 @@ def main(argv):
     ap.add_argument('--wait-ready', type=float, default=0.0, metavar='S',
                     help='first wait up to S seconds for health SERVING')
     ap.add_argument('--health', action='store_true', help='only print the health status')
+    ap.add_argument('--load-adapter', metavar='NAME', help='only load an adapter (LoadAdapter) and print it')
+    ap.add_argument('--unload-adapter', metavar='NAME', help='only unload an adapter (UnloadAdapter)')
+    ap.add_argument('--list-adapters', action='store_true', help='only list the loaded adapters')
     ap.add_argument('--json', action='store_true', help='print the response as JSON')
     args = ap.parse_args(argv)
 
@@ -270,6 +304,16 @@ def main(argv):
                 print('generate.py: %s not serving after %g s (%s)' % (args.addr, args.wait_ready, status),
                       file=sys.stderr)
                 return 1
+
+        if args.load_adapter or args.unload_adapter or args.list_adapters:
+            method, name = ((LOAD_ADAPTER, args.load_adapter) if args.load_adapter else
+                            (UNLOAD_ADAPTER, args.unload_adapter) if args.unload_adapter else (LIST_ADAPTERS, None))
+            try:
+                print(json.dumps(adapter_call(channel, method, name, args.timeout), indent=None if args.json else 1))
+            except grpc.RpcError as e:
+                print('error: %s: %s' % (e.code().name, e.details()), file=sys.stderr)
+                return 1
+            return 0
 
         def show_delta(msg):
             if not args.json and msg['text']:

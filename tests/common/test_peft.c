@@ -349,7 +349,7 @@ static void test_gen(void)
     TAP_OK(rc == LS_OK && peft_check_tensors(&a, &base, &err) == LS_OK, "generated tensors check %s", err.msg);
     peft_adapter_free(&a);
     o.target_string = "all-linear";
-    o.layers_to_transform = NULL;
+    o.n_rank_pattern = 0;
     o.use_rslora = 1;
     o.seed = 9;
     snprintf(d1, sizeof d1, "%s/gen/many", root);
