@@ -107,9 +107,10 @@ static ls_status index_tensors(weights *w, const peft_adapter *a, const model_co
         if (rc) return rc;
         w->t[2 * (layer * LORA_N_MODULES + m) + is_b] = t;
     }
+    if (n_bad == 1) return ls_fail(err, LS_INVALID_ARGUMENT, "unexpected tensor %s: %s", names, first_why);
     if (n_bad)
-        return ls_fail(err, LS_INVALID_ARGUMENT, "unexpected tensor%s %s%s: %s", n_bad > 1 ? "s" : "", names,
-                       n_bad > 3 ? ", ..." : "", n_bad > 1 ? "the first one is not loadable" : first_why);
+        return ls_fail(err, LS_INVALID_ARGUMENT, "%zu unexpected tensors %s%s; the first %s", n_bad, names,
+                       n_bad > 3 ? ", ..." : "", first_why);
     return LS_OK;
 }
 

@@ -232,6 +232,7 @@ static void test_refusals(void)
     expect_reject("not JSON", "{\"peft_type\": ", LS_INVALID_ARGUMENT, "adapter_config.json");
     expect_reject("array root", "[1]", LS_INVALID_ARGUMENT, "JSON object");
     char *big = malloc((2u << 20) + 64);
+    if (!big) return;
     int n = sprintf(big, "{\"peft_type\": \"LORA\", \"pad\": \"");
     memset(big + n, 'x', 2u << 20);
     strcpy(big + n + (2u << 20), "\"}");
