@@ -298,7 +298,7 @@ static ls_status read_layers(lora_config *c, const json *root, int n_layers, ls_
                  (pat->type == JSON_ARRAY && pat->len == 1 && pat->items[0].type == JSON_STRING &&
                   !strcmp(pat->items[0].str, "layers"));
     if (!pat_ok) return ls_fail(err, LS_FAILED_PRECONDITION, "layers_pattern: only \"layers\" fits this model");
-    if (is_unset(v) && !(v && v->type == JSON_NUMBER)) return LS_OK;
+    if (is_unset(v)) return LS_OK;     // null or [] : every layer, as in PEFT
     if (c->target.is_string)
         return ls_fail(err, LS_INVALID_ARGUMENT, "layers_to_transform: cannot be used when target_modules is a "
                        "string (PEFT refuses it too)");
