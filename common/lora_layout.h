@@ -12,8 +12,8 @@
  * that the longest row fits a page, checked at start-up.
  *
  * Tensor parallelism (S-LoRA partitioning, T ranks, rank t):
- *   column-split modules (q, k, v, gate, up): A is split on the rank dim (rows [r*t/T, r*(t+1)/T)),
- *     full input width; B^T keeps all r rows, output columns of this rank's slice. The shrink output
+ *   column-split modules (q, k, v, gate, up): A is split on the rank dim in near-equal parts (the first
+ *     r % T ranks hold one row more; a rank may hold none), full input width; B^T keeps all r rows, output columns of this rank's slice. The shrink output
  *     (n, r_local) is all-gathered to (n, r) before the expand.
  *   row-split modules (o, down): A keeps all r rows over this rank's input slice; the partial shrink
  *     (n, r) is all-reduced; B^T keeps all r rows over this rank's slice of the output (H/T columns),
