@@ -3,14 +3,14 @@
  * scale serves silently wrong text: target_modules as a list (exact path or ".name" suffix), as a
  * regex (full match) or "all-linear"; exclude_modules likewise; layers_to_transform (skipped for
  * exact-path entries, as PEFT does); rank_pattern / alpha_pattern keys matched as `(.*\.)?(key)$`,
- * first key in file order wins. Python regexes are translated to POSIX ERE (py_regex.h); what has
- * no ERE equivalent is refused, never approximated. Variants with other math are refused by name.
+ * first key in file order wins. Python regexes run on PCRE2 with Python's meaning (py_regex.h); what
+ * PCRE2 cannot do the Python way is refused, never approximated, and a match that fails (PCRE2's
+ * backtracking limit) fails the load. Variants with other math are refused by name.
  * The tensors and the shard reader live in peft_weights.c. */
 #include "common/peft.h"
 
 #include <errno.h>
 #include <math.h>
-#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,14 +45,15 @@ typedef struct selector {
     sel_kind kind;
     int is_string;              // given as a JSON string (a regex or "all-linear")
     unsigned mask;              // SEL_MASK: bit m = module lora_module m, matched by its last path component
-    regex_t re;                 // SEL_REGEX
+    py_regex re;                // SEL_REGEX
+    int match_failed;           // a regex match errored (taken as no match; the load then fails)
     const json *list;           // SEL_LIST: array of strings
     unsigned char *hit;         // SEL_LIST: entry i selected at least one module; owned
 } selector;
 
 static void selector_free(selector *s)
 {
-    if (s->kind == SEL_REGEX) regfree(&s->re);
+    if (s->kind == SEL_REGEX) py_regex_free(&s->re);
     free(s->hit);
     memset(s, 0, sizeof *s);
 }
@@ -82,7 +83,10 @@ static int selector_match(selector *s, const char *path, int *exact)
     switch (s->kind) {
     case SEL_NONE: return 0;
     case SEL_MASK: return mask_match(s->mask, path);
-    case SEL_REGEX: return py_regex_match(&s->re, path);
+    case SEL_REGEX:
+        any = py_regex_match(&s->re, path);
+        if (any < 0) s->match_failed = 1;
+        return any > 0;
     case SEL_LIST:
         for (size_t i = 0; i < s->list->len; i++)
             if (list_entry_matches(&s->list->items[i], path, &ex)) {
@@ -150,12 +154,12 @@ static ls_status targets_check(selector *t, ls_error *err)
 
 /* ---- per-module rank and alpha: rank_pattern / alpha_pattern ---- */
 
-typedef struct pattern { regex_t re; double value; } pattern;
-typedef struct pattern_set { pattern *p; size_t n; } pattern_set;
+typedef struct pattern { py_regex re; double value; } pattern;
+typedef struct pattern_set { pattern *p; size_t n; int match_failed; } pattern_set;
 
 static void patterns_free(pattern_set *s)
 {
-    for (size_t i = 0; i < s->n; i++) regfree(&s->p[i].re);
+    for (size_t i = 0; i < s->n; i++) py_regex_free(&s->p[i].re);
     free(s->p);
     memset(s, 0, sizeof *s);
 }
@@ -196,10 +200,13 @@ static ls_status patterns_read(pattern_set *s, const json *v, int is_rank, ls_er
 }
 
 /* PEFT's get_pattern_key: the first key (in file order) matching the path decides; dflt otherwise. */
-static double pattern_lookup(const pattern_set *s, const char *path, double dflt)
+static double pattern_lookup(pattern_set *s, const char *path, double dflt)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (py_regex_match(&s->p[i].re, path)) return s->p[i].value;
+    for (size_t i = 0; i < s->n; i++) {
+        int m = py_regex_match(&s->p[i].re, path);
+        if (m > 0) return s->p[i].value;
+        if (m < 0) s->match_failed = 1;
+    }
     return dflt;
 }
 
@@ -373,6 +380,12 @@ static ls_status build_shape(peft_adapter *a, lora_config *c, const model_config
             a->n_params += (size_t)r * (size_t)(in + out);
         }
     ls_status rc = targets_check(&c->target, err);
+    // A match that errored was taken as "no match" above, so it decides before anything it may have caused.
+    const char *failed = c->target.match_failed ? "target_modules" : c->exclude.match_failed ? "exclude_modules"
+                         : c->ranks.match_failed ? "rank_pattern" : c->alphas.match_failed ? "alpha_pattern" : NULL;
+    if (failed)
+        rc = ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex matching failed on a module path (PCRE2's limit of %d "
+                     "backtracking steps, or memory)", failed, PY_REGEX_MATCH_LIMIT);
     if (!rc && !s->max_rank)
         rc = ls_fail(err, LS_FAILED_PRECONDITION, "target_modules: selects no module of the base model");
     return rc;

@@ -1,194 +1,388 @@
-/* Python re -> POSIX ERE (py_regex.h). Only full matches are ever asked for, which is what makes
- * lazy quantifiers safe to drop: greedy and lazy forms accept the same set of whole strings. */
+/* Python re -> PCRE2 (py_regex.h). The pattern is parsed the way Python's sre_parse (3.11) parses a str
+ * pattern, item by item, and every item is written back in a PCRE2 spelling with one reading: where the
+ * two syntaxes overlap but differ ({,n}, {}, \Z, \v, [[:x:]], \1 vs octal, (?#...) with escapes, verbose
+ * mode, the ASCII flag) the meaning written is Python's, and where Python would raise re.error the
+ * pattern is refused with Python's reason, so a config PEFT could not load is not served either. */
 #include "common/py_regex.h"
 
-#include <ctype.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "common/py_regex_impl.h"
 
-typedef struct tr {
-    const char *p;              // next pattern byte
-    char *o;                    // next output byte
-    int depth;                  // open groups
-    int bounded;                // {m,n} quantifiers seen
-    const char *bad;            // what could not be translated
-} tr;
-
-static void emit(tr *t, const char *s)
+static int push(tr *t, int num)
 {
-    size_t n = strlen(s);
-    memcpy(t->o, s, n);
-    t->o += n;
+    t->stack[t->depth++] = (group){ .flags = t->flags, .num = num };
+    t->prev = PREV_NONE;
+    return 1;
 }
 
-static void emit_c(tr *t, char c) { *t->o++ = c; }
-
-static int fail(tr *t, const char *why)
+/* A Python group name up to `end` (text after *t->p): an ASCII identifier, the names PCRE2 accepts. */
+static int group_name(tr *t, char end, const char **s, size_t *n)
 {
-    t->bad = why;
-    return 0;
+    const char *e = strchr(t->p, end);
+    if (!e) return rx_fail(t, end == '>' ? "missing >, unterminated name" : "missing ), unterminated name");
+    *s = t->p;
+    *n = (size_t)(e - t->p);
+    if (!*n) return rx_fail(t, "missing group name");
+    for (size_t i = 0; i < *n; i++) {
+        char c = (*s)[i];
+        if ((unsigned char)c >= 0x80) return rx_fail(t, "a non-ASCII group name (PCRE2 takes ASCII names only)");
+        if (!(rx_is_alpha(c) || c == '_' || (i && rx_is_digit(c)))) return rx_fail(t, "bad character in group name");
+    }
+    t->p = e + 1;
+    return 1;
 }
 
-/* \d \w \s (and outside brackets their negations) as ERE bracket text. */
-static const char *class_text(char c, int in_bracket)
+static const gname *find_name(const tr *t, const char *s, size_t n)
+{
+    for (int i = 0; i < t->n_names; i++)
+        if (t->names[i].n == n && !memcmp(t->names[i].s, s, n)) return &t->names[i];
+    return NULL;
+}
+
+static int put_name_group(tr *t, const char *open, const char *s, size_t n, const char *close)
+{
+    return rx_puts(t, open) && rx_put(t, s, n) && rx_puts(t, close);
+}
+
+static unsigned flag_bit(char c)
 {
     switch (c) {
-    case 'd': return in_bracket ? "0-9" : "[0-9]";
-    case 'w': return in_bracket ? "A-Za-z0-9_" : "[A-Za-z0-9_]";
-    case 's': return in_bracket ? "[:space:]" : "[[:space:]]";
-    case 'D': return in_bracket ? NULL : "[^0-9]";
-    case 'W': return in_bracket ? NULL : "[^A-Za-z0-9_]";
-    case 'S': return in_bracket ? NULL : "[^[:space:]]";
-    default: return NULL;
+    case 'i': return F_I;
+    case 'm': return F_M;
+    case 's': return F_S;
+    case 'x': return F_X;
+    case 'a': return F_A;
+    case 'u': return F_U;
+    default: return 0;
     }
 }
 
-/* After a quantifier: Python's lazy '?' is dropped (same full-match language); possessive '+' is not. */
-static int quantifier_tail(tr *t)
+/* The i, m, s of f as PCRE2 flag letters (x, a and u are handled here, not by PCRE2). */
+static void ims(unsigned f, char *b)
 {
-    if (*t->p == '?') t->p++;
-    else if (*t->p == '+') return fail(t, "possessive quantifier");
-    return 1;
+    if (f & F_I) *b++ = 'i';
+    if (f & F_M) *b++ = 'm';
+    if (f & F_S) *b++ = 's';
+    *b = 0;
 }
 
-static int escape_outside(tr *t)
+/* (?flags) at the start of the pattern, or (?flags-flags:...), t->p at the first flag letter or '-'. */
+static int flags_group(tr *t)
 {
-    char c = t->p[1];
-    const char *cls = class_text(c, 0);
-    t->p += 2;
-    if (cls) { emit(t, cls); return 1; }
-    if (!c) return fail(t, "trailing backslash");
-    if (isdigit((unsigned char)c)) return fail(t, "backreference");
-    if (isalpha((unsigned char)c)) return fail(t, "escape \\b, \\A, \\Z or another letter escape");
-    if (strchr(".[](){}*+?|^$\\", c)) emit_c(t, '\\');
-    emit_c(t, c);
-    return 1;
+    unsigned add = 0, del = 0;
+    char c = *t->p;
+    if (c == 'L') return rx_fail(t, "the L (locale) flag, which Python refuses for str patterns");
+    if (c == 't') return rx_fail(t, "the t (template) flag");
+    if (c != '-')
+        for (;;) {
+            add |= flag_bit(c);
+            if ((add & F_A) && (add & F_U)) return rx_fail(t, "flags 'a' and 'u' are incompatible");
+            c = *++t->p;
+            if (c == ')' || c == '-' || c == ':') break;
+            if (c == 'L') return rx_fail(t, "the L (locale) flag, which Python refuses for str patterns");
+            if (!flag_bit(c)) return rx_fail(t, rx_is_alpha(c) ? "unknown flag" : "missing -, : or )");
+        }
+    if (c == ')') {                                     // global: only before the first item
+        if (t->depth || t->n) return rx_fail(t, "global flags not at the start of the expression");
+        t->p++;
+        if (add & (F_A | F_U)) t->flags &= ~(unsigned)(F_A | F_U);
+        t->flags |= add;
+        t->global |= add;
+        if ((t->global & F_A) && (t->global & F_U)) return rx_fail(t, "ASCII and UNICODE flags are incompatible");
+        return 1;
+    }
+    if (c == '-') {
+        c = *++t->p;
+        if (!flag_bit(c)) return rx_fail(t, rx_is_alpha(c) ? "unknown flag" : "missing flag");
+        for (;;) {
+            if (c == 'a' || c == 'u') return rx_fail(t, "cannot turn off flags 'a', 'u' and 'L'");
+            del |= flag_bit(c);
+            c = *++t->p;
+            if (c == ':') break;
+            if (!flag_bit(c)) return rx_fail(t, rx_is_alpha(c) ? "unknown flag" : "missing :");
+        }
+    }
+    if (add & del) return rx_fail(t, "flag turned on and off");
+    t->p++;                                             // past ':'
+    push(t, 0);
+    if (add & (F_A | F_U)) t->flags &= ~(unsigned)(F_A | F_U);
+    t->flags = (t->flags | add) & ~del;
+    char a[4], d[4];
+    ims(add, a);
+    ims(del, d);
+    return rx_puts(t, "(?") && rx_puts(t, a) && (!*d || (rx_put(t, "-", 1) && rx_puts(t, d))) && rx_put(t, ":", 1);
 }
 
-/* A [...] set. ERE has no escapes inside brackets, so only escapes with a position-free meaning pass. */
-static int bracket(tr *t)
+/* (?#...): dropped. Python reads it token by token, so "\)" does not end it. */
+static int comment(tr *t)
 {
-    emit_c(t, *t->p++);
-    if (*t->p == '^') emit_c(t, *t->p++);
-    if (*t->p == ']') emit_c(t, *t->p++);
     for (;;) {
-        char c = *t->p;
-        if (!c) return fail(t, "unterminated [");
-        if (c == ']') { emit_c(t, *t->p++); return 1; }
-        if (c == '[' && strchr(":.=", t->p[1]) && t->p[1]) return fail(t, "POSIX [: :] syntax inside a set");
-        if (c != '\\') { emit_c(t, *t->p++); continue; }
-        char e = t->p[1];
-        const char *cls = class_text(e, 1);
-        if (cls) emit(t, cls);
-        else if (e && (ispunct((unsigned char)e) || e == ' ') && !strchr("]-^", e)) emit_c(t, e);
-        else return fail(t, "escape inside [...] that ERE cannot express");
-        t->p += 2;
+        if (!*t->p) return rx_fail(t, "missing ), unterminated comment");
+        if (*t->p == '\\') {
+            if (!t->p[1]) return rx_fail(t, "bad escape (end of pattern)");
+            t->p += 2;
+        } else if (*t->p++ == ')') {
+            return 1;
+        }
     }
 }
 
-static int parse_count(const char **p, int *v)
+/* (?(id)yes|no): id a group number or the name of a group defined earlier. */
+static int conditional(tr *t)
 {
-    if (!isdigit((unsigned char)**p)) return 0;
-    long n = 0;
-    while (isdigit((unsigned char)**p) && n <= 100000) n = n * 10 + (*(*p)++ - '0');
-    *v = n > 100000 ? 100001 : (int)n;
-    return 1;
-}
-
-/* {m}, {m,}, {,n}, {m,n} are quantifiers in Python; any other '{' is a literal. */
-static int brace(tr *t)
-{
-    const char *q = t->p + 1;
-    int lo = 0, hi = -1, has_lo = parse_count(&q, &lo), comma = *q == ',';
-    if (comma) q++;
-    int has_hi = comma && parse_count(&q, &hi);
-    if (*q != '}' || (!has_lo && !has_hi)) { emit(t, "\\{"); t->p++; return 1; }
-    if (!comma) hi = lo;
-    if (lo > PY_REGEX_MAX_REPEAT || hi > PY_REGEX_MAX_REPEAT) return fail(t, "repeat count above 64");
-    if (++t->bounded > PY_REGEX_MAX_BOUNDED) return fail(t, "more than 4 {m,n} repeats");
-    char buf[32];
-    if (!comma) snprintf(buf, sizeof buf, "{%d}", lo);
-    else if (has_hi) snprintf(buf, sizeof buf, "{%d,%d}", lo, hi);
-    else snprintf(buf, sizeof buf, "{%d,}", lo);
-    emit(t, buf);
-    t->p = q + 1;
-    return quantifier_tail(t);
+    const char *e = strchr(t->p, ')');
+    if (!e) return rx_fail(t, "missing ), unterminated name");
+    const char *s = t->p;
+    size_t n = (size_t)(e - s);
+    int digits = n > 0, ident = n > 0;
+    for (size_t i = 0; i < n; i++) {
+        digits &= rx_is_digit(s[i]);
+        ident &= rx_is_alpha(s[i]) || s[i] == '_' || (i && rx_is_digit(s[i]));
+    }
+    char b[32];
+    if (ident) {
+        if (!find_name(t, s, n)) return rx_fail(t, "unknown group name");
+        t->p = e + 1;
+        return push(t, 0) && put_name_group(t, "(?(<", s, n, ">)");
+    }
+    if (!digits) return rx_fail(t, "bad character in group name");
+    if (n > 5) return rx_fail(t, "invalid group reference");
+    long g = strtol(s, NULL, 10);
+    if (!g) return rx_fail(t, "bad group number");
+    t->p = e + 1;
+    snprintf(b, sizeof b, "(?(%ld)", g);
+    return push(t, 0) && rx_puts(t, b);
 }
 
 static int group_open(tr *t)
 {
-    if (t->p[1] == '?') {
-        if (t->p[2] != ':') return fail(t, "(?...) construct (lookaround, named group or inline flag)");
-        t->p += 2;          // (?:x) -> (x): ERE groups do not capture anything we use
+    if (t->p[1] != '?') {
+        t->p++;
+        int g = ++t->groups;
+        t->closed[g] = 0;
+        return push(t, g) && rx_put(t, "(", 1);
     }
+    t->p += 2;
+    char c = *t->p;
+    const char *s;
+    size_t n;
+    switch (c) {
+    case ':': case '>': case '=': case '!':
+        t->p++;
+        push(t, 0);
+        return rx_puts(t, c == ':' ? "(?:" : c == '>' ? "(?>" : c == '=' ? "(?=" : "(?!");
+    case '<':
+        if (t->p[1] != '=' && t->p[1] != '!')
+            return rx_fail(t, "(?<name>...) is not Python syntax (Python writes (?P<name>...))");
+        t->p += 2;
+        push(t, 0);
+        return rx_puts(t, t->p[-1] == '=' ? "(?<=" : "(?<!");
+    case '#':
+        t->p++;
+        return comment(t);
+    case '(':
+        t->p++;
+        return conditional(t);
+    case 'P':
+        t->p++;
+        if (*t->p == '<') {
+            t->p++;
+            if (!group_name(t, '>', &s, &n)) return 0;
+            if (find_name(t, s, n)) return rx_fail(t, "redefinition of group name");
+            int g = ++t->groups;
+            t->closed[g] = 0;
+            t->names[t->n_names++] = (gname){ s, n, g };
+            return push(t, g) && put_name_group(t, "(?P<", s, n, ">");
+        }
+        if (*t->p == '=') {
+            t->p++;
+            if (!group_name(t, ')', &s, &n)) return 0;
+            const gname *g = find_name(t, s, n);
+            if (!g) return rx_fail(t, "unknown group name");
+            if (!t->closed[g->num]) return rx_fail(t, "cannot refer to an open group");
+            t->prev = PREV_ITEM;
+            return put_name_group(t, "(?P=", s, n, ")");
+        }
+        return rx_fail(t, "unknown extension (?P");
+    default:
+        if (c == '-' || c == 'L' || c == 't' || flag_bit(c)) return flags_group(t);
+        return rx_fail(t, "unknown extension (?...");
+    }
+}
+
+static int group_close(tr *t)
+{
+    if (!t->depth) return rx_fail(t, "unbalanced parenthesis");
+    group g = t->stack[--t->depth];
+    t->flags = g.flags;
+    if (g.num) t->closed[g.num] = 1;
     t->p++;
-    t->depth++;
-    emit_c(t, '(');
+    t->prev = PREV_ITEM;
+    return rx_put(t, ")", 1);
+}
+
+/* Verbose mode between items: whitespace and "#" comments (to the end of the line) are not pattern. */
+static int skip_verbose(tr *t)
+{
+    char c = *t->p;
+    if (c && strchr(" \t\n\r\v\f", c)) {
+        t->p++;
+        return 1;
+    }
+    while (*++t->p && *t->p != '\n')                    // c == '#'
+        if (*t->p == '\\' && !*++t->p) return rx_fail(t, "bad escape (end of pattern)");
+    if (*t->p) t->p++;
     return 1;
 }
 
 static int step(tr *t)
 {
     char c = *t->p;
+    uint32_t v;
+    t->tok = t->p;
+    if ((t->flags & F_X) && (strchr(" \t\n\r\v\f", c) || c == '#')) return skip_verbose(t);
     switch (c) {
-    case '\\': return escape_outside(t);
-    case '[': return bracket(t);
-    case '{': return brace(t);
-    case '}': t->p++; emit(t, "\\}"); return 1;
+    case '\\': return rx_escape(t);
+    case '[': return rx_set(t);
     case '(': return group_open(t);
-    case ')':
-        if (!t->depth--) return fail(t, "unbalanced parenthesis");
-        t->p++;
-        emit_c(t, ')');
-        return 1;
-    case '*': case '+': case '?':
-        t->p++;
-        emit_c(t, c);
-        return quantifier_tail(t);
-    default:
-        t->p++;
-        emit_c(t, c);
-        return 1;
+    case ')': return group_close(t);
+    case '{': return rx_brace(t);
+    case '*': t->p++; return rx_quantifier(t, "*");
+    case '+': t->p++; return rx_quantifier(t, "+");
+    case '?': t->p++; return rx_quantifier(t, "?");
+    case '|': t->p++; t->prev = PREV_NONE; return rx_put(t, "|", 1);
+    case '.': t->p++; t->prev = PREV_ITEM; return rx_put(t, ".", 1);
+    case '^': t->p++; t->prev = PREV_ANCHOR; return rx_put(t, "^", 1);
+    case '$': t->p++; t->prev = PREV_ANCHOR; return rx_put(t, "$", 1);
+    default: {
+        int len = rx_utf8_decode(t->p, &v);
+        if (!len) return rx_fail(t, "invalid UTF-8");
+        t->p += len;
+        t->prev = PREV_ITEM;
+        return rx_put_char(t, v);
+    }
     }
 }
 
-int py_regex_to_ere(const char *pattern, char *out, const char **bad)
+/* The PCRE2 text for Python text py (malloc'd), or NULL with *bad and *at (byte offset in py). */
+static char *translate(const char *py, const char **bad, size_t *at)
 {
-    tr t = { .p = pattern, .o = out };
-    while (*t.p)
-        if (!step(&t)) { *bad = t.bad; return 0; }
-    if (t.depth) { *bad = "unbalanced parenthesis"; return 0; }
-    *t.o = 0;
-    return 1;
-}
-
-ls_status py_regex_compile(regex_t *re, const char *pattern, const char *prefix, const char *suffix,
-                           const char *what, ls_error *err)
-{
-    size_t n = strlen(pattern);
-    if (n > PY_REGEX_MAX_LEN)
-        return ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex longer than %d bytes", what, PY_REGEX_MAX_LEN);
-    size_t cap = 16 * n + strlen(prefix) + strlen(suffix) + 8;
-    char *ere = malloc(16 * n + 1), *full = malloc(cap);
-    const char *bad = NULL;
-    ls_status rc = LS_OK;
-    if (!ere || !full) {
-        rc = ls_fail(err, LS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
-    } else if (!py_regex_to_ere(pattern, ere, &bad)) {
-        rc = ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex \"%.200s\": %s is not supported", what, pattern, bad);
-    } else {
-        snprintf(full, cap, "^%s(%s)%s$", prefix, ere, suffix);
-        int e = regcomp(re, full, REG_EXTENDED | REG_NOSUB);
-        if (e) {
-            char msg[128];
-            regerror(e, re, msg, sizeof msg);
-            rc = ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex \"%.200s\": %s", what, pattern, msg);
+    size_t len = strlen(py);
+    tr t = { .p = py, .tok = py };
+    t.stack = malloc((len + 1) * sizeof *t.stack);
+    t.closed = calloc(len + 2, 1);
+    t.names = malloc((len + 1) * sizeof *t.names);
+    if (!t.stack || !t.closed || !t.names || !rx_put(&t, "", 0)) rx_fail(&t, rx_oom);
+    else
+        while (*t.p && step(&t)) {}
+    if (!t.bad && t.depth) {
+        t.tok = t.p;
+        rx_fail(&t, "missing ), unterminated subpattern");
+    }
+    char *res = NULL;
+    char f[8];
+    ims(t.global, f);
+    if (!t.bad && *f) {                                 // global flags: one leading PCRE2 setting
+        size_t k = t.n + strlen(f) + 4;
+        char *o = malloc(k);
+        if (!o) {
+            rx_fail(&t, rx_oom);
+        } else {
+            snprintf(o, k, "(?%s)%s", f, t.o);
+            free(t.o);
+            t.o = o;
         }
     }
-    free(ere);
-    free(full);
-    return rc;
+    if (!t.bad) {
+        res = t.o;
+        t.o = NULL;
+    }
+    *bad = t.bad;
+    *at = (size_t)(t.tok - py);
+    free(t.o);
+    free(t.stack);
+    free(t.closed);
+    free(t.names);
+    return res;
 }
 
-int py_regex_match(const regex_t *re, const char *s) { return regexec(re, s, 0, NULL, 0) == 0; }
+int py_regex_translate(const char *pattern, char *out, size_t out_len, const char **bad)
+{
+    size_t at;
+    char *s = translate(pattern, bad, &at);
+    if (!s) return 0;
+    int ok = strlen(s) < out_len;
+    if (ok) memcpy(out, s, strlen(s) + 1);
+    else *bad = "output buffer too small";
+    free(s);
+    return ok;
+}
+
+ls_status py_regex_compile(py_regex *re, const char *pattern, const char *prefix, const char *suffix,
+                           const char *what, ls_error *err)
+{
+    memset(re, 0, sizeof *re);
+    size_t n = strlen(pattern), skip = 0, at = 0;
+    if (n > PY_REGEX_MAX_LEN)
+        return ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex longer than %d bytes", what, PY_REGEX_MAX_LEN);
+    char *text = NULL, *pc = NULL;
+    const char *bad = NULL;
+    if (*prefix || *suffix) {
+        skip = strlen(prefix) + 1;
+        if (asprintf(&text, "%s(%s)%s", prefix, pattern, suffix) < 0) text = NULL;
+        if (!text) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
+    }
+    pc = translate(text ? text : pattern, &bad, &at);
+    free(text);
+    if (!pc) {
+        if (bad == rx_oom) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
+        at = at > skip ? at - skip : 0;
+        return ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex \"%.200s\": %s (at byte %zu)", what, pattern, bad,
+                       at < n ? at : n);
+    }
+    pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    pcre2_code *code = NULL;
+    int e = 0;
+    PCRE2_SIZE off;
+    if (cc && mc) {
+        pcre2_set_newline(cc, PCRE2_NEWLINE_LF);        // Python's '.', '^' and '$' know only '\n'
+        pcre2_set_match_limit(mc, PY_REGEX_MATCH_LIMIT);
+        code = pcre2_compile((PCRE2_SPTR)pc, PCRE2_ZERO_TERMINATED,
+                             PCRE2_UTF | PCRE2_UCP | PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_ALT_CIRCUMFLEX |
+                             PCRE2_NEVER_BACKSLASH_C, &e, &off, cc);
+    }
+    free(pc);
+    pcre2_compile_context_free(cc);
+    if (!code) {
+        pcre2_match_context_free(mc);
+        if (!e) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(e, msg, sizeof msg);
+        return ls_fail(err, LS_INVALID_ARGUMENT, "%s: regex \"%.200s\": PCRE2: %s", what, pattern, (char *)msg);
+    }
+    re->code = code;
+    re->limits = mc;
+    return LS_OK;
+}
+
+int py_regex_match(const py_regex *re, const char *s)
+{
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return -1;
+    int rc = pcre2_match(re->code, (PCRE2_SPTR)s, strlen(s), 0, 0, md, re->limits);
+    pcre2_match_data_free(md);
+    return rc >= 0 ? 1 : rc == PCRE2_ERROR_NOMATCH ? 0 : -1;
+}
+
+void py_regex_free(py_regex *re)
+{
+    pcre2_code_free(re->code);
+    pcre2_match_context_free(re->limits);
+    memset(re, 0, sizeof *re);
+}

@@ -170,6 +170,23 @@ static void test_targets(void)
     w[0][LORA_GATE] = w[0][LORA_UP] = w[2][LORA_GATE] = w[2][LORA_UP] = 2;
     expect_ranks("regex on layers", CFG("\"r\": 2, \"target_modules\": \"model\\\\.layers\\\\.[02]\\\\.mlp\\\\."
                                         "(gate|up)_proj\""), w, 0, 0);
+    // Unsloth's target_modules string: the language-model half of a multimodal pattern (never matches a
+    // Llama path here: no "language"/"text") or model.layers.N.<attn|mlp>.<proj> behind a \b.
+    fill(w, PEFT_GEN_ALL_MODULES, 2);
+    expect_ranks("Unsloth target_modules", CFG("\"r\": 2, \"target_modules\": \"(?:.*?(?:language|text).*?(?:self_attn|"
+                 "attention|attn|mlp|feed_forward|ffn|dense).*?(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|"
+                 "down_proj).*?)|(?:\\\\bmodel\\\\.layers\\\\.[\\\\d]{1,}\\\\.(?:self_attn|attention|attn|mlp|"
+                 "feed_forward|ffn|dense)\\\\.(?:(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)))\""),
+                 w, 0, 0);
+    fill(w, PEFT_GEN_ALL_MODULES & ~(1u << LORA_O | 1u << LORA_DOWN), 2);
+    for (int m = 0; m < LORA_N_MODULES; m++) w[1][m] = 0;
+    expect_ranks("lookahead subset", CFG("\"r\": 2, \"target_modules\": \"model\\\\.layers\\\\.(?!1\\\\.)\\\\d+"
+                                         "\\\\.\\\\w+\\\\.(?!o_proj|down_proj)\\\\w+\""), w, 0, 0);
+    // Lookbehind in a rank_pattern key: PEFT's (.*\.)?((?<=mlp\.)\w+)$ selects the MLP projections.
+    fill(w, PEFT_GEN_ALL_MODULES, 8);
+    for (int l = 0; l < 3; l++) w[l][LORA_GATE] = w[l][LORA_UP] = w[l][LORA_DOWN] = 4;
+    expect_ranks("lookbehind rank_pattern", CFG("\"r\": 8, \"target_modules\": \"all-linear\", \"rank_pattern\": "
+                                                "{\"(?<=mlp\\\\.)\\\\w+\": 4}"), w, 0, 0);
     fill(w, 1u << LORA_Q | 1u << LORA_V | 1u << LORA_O, 2);
     expect_ranks("list with suffix paths", CFG("\"r\": 2, \"target_modules\": [\"self_attn.q_proj\", \"v_proj\", "
                                                "\"o_proj\"]"), w, 0, 0);
@@ -220,8 +237,14 @@ static void test_refusals(void)
     expect_reject("lm_head target", CFG("\"target_modules\": [\"q_proj\", \"lm_head\"]"), LS_FAILED_PRECONDITION,
                   "target_modules: \"lm_head\"");
     expect_reject("regex reaching lm_head", CFG("\"target_modules\": \".*\""), LS_FAILED_PRECONDITION, "lm_head");
-    expect_reject("lookahead", CFG("\"target_modules\": \"(?!x).*q_proj\""), LS_INVALID_ARGUMENT, "target_modules");
     expect_reject("bad regex", CFG("\"target_modules\": \"(q_proj\""), LS_INVALID_ARGUMENT, "target_modules");
+    expect_reject("not Python syntax", CFG("\"target_modules\": \"(?<n>.*)q_proj\""), LS_INVALID_ARGUMENT,
+                  "target_modules: regex \"(?<n>.*)q_proj\": (?<name>...) is not Python syntax");
+    // PEFT wraps a key as (.*\.)?(key)$, where Python 3.11 refuses flags that are no longer at the start.
+    expect_reject("flag inside a key", CFG("\"target_modules\": \"all-linear\", \"rank_pattern\": {\"(?i)Q_PROJ\": 4}"),
+                  LS_INVALID_ARGUMENT, "rank_pattern: regex \"(?i)Q_PROJ\": global flags not at the start");
+    expect_reject("backtracking limit", CFG("\"target_modules\": \"(?:.+)+\\\\.q_pro\""), LS_INVALID_ARGUMENT,
+                  "target_modules: regex matching failed");
     expect_reject("selects nothing", CFG("\"target_modules\": \"nothing\""), LS_FAILED_PRECONDITION, "target_modules");
     expect_reject("layers out of range", CFG("\"target_modules\": [\"q_proj\"], \"layers_to_transform\": [0, 3]"),
                   LS_FAILED_PRECONDITION, "layers_to_transform");
@@ -281,27 +304,84 @@ static void test_files_and_base(void)
     peft_adapter_free(&a);
 }
 
+/* The rewriting (one PCRE2 reading of each Python item) and the matching (re.fullmatch semantics). */
 static void test_regex_translation(void)
 {
-    static const struct { const char *py, *ere; } ok[] = {
-        { "(?:a|b)+?c", "(a|b)+c" }, { "\\d{1,}\\.x", "[0-9]{1,}\\.x" }, { "[\\d_]\\w", "[0-9_][A-Za-z0-9_]" },
-        { "a{,3}b??", "a{0,3}b?" }, { "x{y}", "x\\{y\\}" }, { "\\-/", "-/" },
+    static const struct { const char *py, *pcre; } ok[] = {
+        { "(?:a|b)+?c", "(?:a|b)+?c" }, { "\\d{1,}\\.x", "\\d{1,}\\.x" }, { "a{,3}b??", "a{0,3}b??" },
+        { "x{y}{}a{,}", "x\\{y\\}\\{\\}a{0,}" }, { "q\\Z", "q\\z" }, { "[[:]", "[\\[\\:]" }, { "\\v", "\\x{b}" },
+        { "(?i)(?x) q _ # c", "(?i)q_" }, { "(a)\\1\\101", "(a)\\g{1}A" }, { "(?P<n>a)(?P=n)", "(?P<n>a)(?P=n)" },
+        { "(?a:\\w)", "(?:[0-9A-Z_a-z])" }, { "(?s-i:.)(?#x\\)y)", "(?s-i:.)" }, { "[a-]\\-/", "[a\\-]\\-\\/" },
+        { "(?<!a)(?=b)(?>c)*+", "(?<!a)(?=b)(?>c)*+" }, { "(a)(?(1)b|c)", "(a)(?(1)b|c)" },
     };
-    static const char *const bad[] = { "(?=a)", "(?P<n>a)", "(a)\\1", "\\bq", "a*+", "a{65}", "[\\-a]", "(a",
-                                       "a)", "[a", "(?i)a", "a{1}b{1}c{1}d{1}e{1}" };
+    static const char *const bad[] = {
+        "(?<n>a)", "\\N{DIGIT ONE}", "(?L)a", "a**", "*a", "\\b*", "\\q", "a{70000}", "(a", "a)", "[a",
+        "(?i)\xc3\xa9", "a(?i)b", "\\1(a)", "(a\\1)", "[z-a]", "[\\d-z]", "\\x4", "(?P<a>x)(?P<a>y)", "\\ud800",
+        "(?au)a", "(?-a:a)", "a\\", "[a-\\w]",
+    };
     char out[512];
     const char *why = NULL;
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-        TAP_OK(py_regex_to_ere(ok[i].py, out, &why) && !strcmp(out, ok[i].ere), "regex %s -> %s (got %s)", ok[i].py,
-               ok[i].ere, out);
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        TAP_OK(!py_regex_to_ere(bad[i], out, &why) && why, "regex %s refused: %s", bad[i], why ? why : "");
-    regex_t re;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        out[0] = 0;
+        TAP_OK(py_regex_translate(ok[i].py, out, sizeof out, &why) && !strcmp(out, ok[i].pcre), "regex %s -> %s "
+               "(got %s)", ok[i].py, ok[i].pcre, out);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why = NULL;
+        TAP_OK(!py_regex_translate(bad[i], out, sizeof out, &why) && why, "regex %s refused: %s", bad[i],
+               why ? why : "");
+    }
+
+    TAP_OK(!py_regex_translate("a\xff", out, sizeof out, &why) && !strcmp(why, "invalid UTF-8"), "invalid UTF-8 "
+           "refused");
+    TAP_OK(!py_regex_translate("(a)", out, 3, &why) && why, "small output buffer refused");
+
+    // Each row: pattern (full match, as re.fullmatch), subjects that match, subjects that do not.
+    static const struct { const char *py, *yes[3], *no[3]; } m[] = {
+        { "a|ab", { "a", "ab" }, { "abc", "b" } },
+        { "a{,2}", { "", "aa" }, { "aaa" } },
+        { "x{y}", { "x{y}" }, { "xy" } },
+        { "(?i)Q_PROJ", { "q_proj", "Q_Proj" }, { "k_proj" } },
+        { "(?x) q _ proj  # the query", { "q_proj" }, { "q _ proj" } },
+        { ".*\\bq_proj", { "q_proj", "x.q_proj" }, { "xq_proj" } },
+        { "(?!.*mlp).*_proj", { "self_attn.q_proj" }, { "mlp.up_proj" } },
+        { "\\s", { "\x1c", " " }, { "a" } },
+        { "(?a)\\w", { "a" }, { "\xc3\xa9" } },
+        { "\\w", { "a", "\xc3\xa9" }, { "." } },
+        { "(a)\\1|(?P<b>c)(?P=b)", { "aa", "cc" }, { "ac" } },
+        { "[]a]+", { "]a" }, { "b" } },
+        { "(?m)a$\\n^b", { "a\nb" }, { "ab" } },
+    };
+    py_regex re;
     ls_error err = { 0 };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        int ok_all = py_regex_compile(&re, m[i].py, "", "", "k", &err) == LS_OK;
+        if (!ok_all) TAP_DIAG("%s", err.msg);
+        for (int j = 0; ok_all && j < 3; j++) {
+            if (m[i].yes[j] && py_regex_match(&re, m[i].yes[j]) != 1) {
+                TAP_DIAG("%s does not match \"%s\"", m[i].py, m[i].yes[j]);
+                ok_all = 0;
+            }
+            if (m[i].no[j] && py_regex_match(&re, m[i].no[j]) != 0) {
+                TAP_DIAG("%s matches \"%s\"", m[i].py, m[i].no[j]);
+                ok_all = 0;
+            }
+        }
+        TAP_OK(ok_all, "fullmatch %s", m[i].py);
+        py_regex_free(&re);
+    }
     TAP_OK(py_regex_compile(&re, "q_proj|v_proj", "(.*\\.)?", "", "k", &err) == LS_OK, "compile suffix pattern");
-    TAP_OK(py_regex_match(&re, "model.layers.0.self_attn.v_proj") && !py_regex_match(&re, "x.k_proj") &&
-           !py_regex_match(&re, "x.qq_proj") && py_regex_match(&re, "q_proj"), "suffix semantics");
-    regfree(&re);
+    TAP_OK(py_regex_match(&re, "model.layers.0.self_attn.v_proj") == 1 && !py_regex_match(&re, "x.k_proj") &&
+           !py_regex_match(&re, "x.qq_proj") && py_regex_match(&re, "q_proj") == 1, "suffix semantics");
+    py_regex_free(&re);
+    TAP_OK(py_regex_compile(&re, "(?i)q", "(.*\\.)?", "", "k", &err) == LS_INVALID_ARGUMENT &&
+           strstr(err.msg, "global flags not at the start") && !re.code, "flags inside PEFT's wrapper refused: %s",
+           err.msg);
+    TAP_OK(py_regex_compile(&re, "(?<=a|bc)x", "", "", "k", &err) == LS_OK, "PCRE2 accepts what it can run");
+    py_regex_free(&re);
+    TAP_OK(py_regex_compile(&re, "(?:.+)+\\.q_pro", "", "", "k", &err) == LS_OK &&
+           py_regex_match(&re, "model.layers.0.self_attn.q_proj") == -1, "backtracking limit reported as -1");
+    py_regex_free(&re);
 }
 
 static int same_file(const char *a, const char *b)
