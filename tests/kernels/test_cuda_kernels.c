@@ -6,6 +6,7 @@
  * fails. Skips (a TAP skip plan) when there is no usable CUDA device. */
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/fused_ops.h"
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test.h"
 #include "tests/tap.h"
@@ -288,6 +289,76 @@ static void check_embedding(dtype t, int vocab, int n, int dim, test_rng *rng, c
     free(table); free(ref); free(got); free(tok);
 }
 
+/* The fused q/k/v split + rotation against a CPU split followed by op_rope: the same rotation, so the
+ * rope tolerance; v is copied bit for bit. */
+static void check_qkv_split_rope(dtype t, int n, int hq, int hk, int hd, test_rng *rng, cudaStream_t s)
+{
+    size_t row = (size_t)(hq + 2 * hk) * hd, total = (size_t)n * row;
+    size_t nq = (size_t)n * hq * hd, nk = (size_t)n * hk * hd;
+    int half = hd / 2;
+    float *qkv = xcalloc(total, sizeof *qkv), *inv = xcalloc(half, sizeof *inv);
+    float *q = xcalloc(nq, sizeof *q), *k = xcalloc(nk, sizeof *k), *v = xcalloc(nk, sizeof *v);
+    float *got = xcalloc(nq, sizeof *got);
+    int32_t *pos = xcalloc(n, sizeof *pos);
+    fill_uniform(qkv, total, rng, -2.0f, 2.0f);
+    for (int i = 0; i < n; ++i) pos[i] = (int32_t)(rng_next(rng) % 5000);
+    op_rope_inv_freq(inv, hd, 10000.0f, 0, 0, 0, 0, 0);
+    void *dqkv = upload(qkv, total, t), *dq = alloc_poisoned(nq, t), *dk = alloc_poisoned(nk, t);
+    void *dv = alloc_poisoned(nk, t), *dpos, *dinv;
+    CUDA_CHECK(cudaMalloc(&dpos, n * sizeof *pos));
+    CUDA_CHECK(cudaMalloc(&dinv, half * sizeof *inv));
+    CUDA_CHECK(cudaMemcpy(dpos, pos, n * sizeof *pos, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dinv, inv, half * sizeof *inv, cudaMemcpyHostToDevice));
+    if (t == DT_F32) cuda_qkv_split_rope_f32(dq, dk, dv, dqkv, dpos, dinv, n, hq, hk, hd, s);
+    else if (t == DT_BF16) cuda_qkv_split_rope_bf16(dq, dk, dv, dqkv, dpos, dinv, n, hq, hk, hd, s);
+    else cuda_qkv_split_rope_f16(dq, dk, dv, dqkv, dpos, dinv, n, hq, hk, hd, s);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    for (int i = 0; i < n; ++i) {
+        memcpy(q + (size_t)i * hq * hd, qkv + i * row, (size_t)hq * hd * sizeof *q);
+        memcpy(k + (size_t)i * hk * hd, qkv + i * row + (size_t)hq * hd, (size_t)hk * hd * sizeof *k);
+        memcpy(v + (size_t)i * hk * hd, qkv + i * row + (size_t)(hq + hk) * hd, (size_t)hk * hd * sizeof *v);
+    }
+    op_rope(q, pos, inv, n, hq, hd);
+    op_rope(k, pos, inv, n, hk, hd);
+    double rtol = 8.0 * FLT_EPSILON + (t == DT_F32 ? 0.0 : dt_ulp(t)), atol = 8.0 * FLT_EPSILON + dt_atol(t);
+    size_t bad = 0;
+    download(got, dq, nq, t);
+    bad += compare("qkv q", got, q, nq, rtol, atol);
+    download(got, dk, nk, t);
+    bad += compare("qkv k", got, k, nk, rtol, atol);
+    download(got, dv, nk, t);
+    bad += compare("qkv v", got, v, nk, 0.0, 0.0);
+    TAP_OK(bad == 0, "qkv_split_rope %s n=%d hq=%d hk=%d hd=%d", dt_names[t], n, hq, hk, hd);
+    CUDA_CHECK(cudaFree(dqkv)); CUDA_CHECK(cudaFree(dq)); CUDA_CHECK(cudaFree(dk)); CUDA_CHECK(cudaFree(dv));
+    CUDA_CHECK(cudaFree(dpos)); CUDA_CHECK(cudaFree(dinv));
+    free(qkv); free(inv); free(q); free(k); free(v); free(got); free(pos);
+}
+
+/* The fused gate/up SwiGLU against op_swiglu on the two halves: swiglu's tolerance. */
+static void check_swiglu_fused(dtype t, int n, int dim, test_rng *rng, cudaStream_t s)
+{
+    size_t total = (size_t)n * dim;
+    float *gu = xcalloc(2 * total, sizeof *gu), *g = xcalloc(total, sizeof *g), *u = xcalloc(total, sizeof *u);
+    float *ref = xcalloc(total, sizeof *ref), *got = xcalloc(total, sizeof *got);
+    fill_uniform(gu, 2 * total, rng, -8.0f, 8.0f);
+    void *dgu = upload(gu, 2 * total, t), *dout = alloc_poisoned(total, t);
+    for (int i = 0; i < n; ++i) {
+        memcpy(g + (size_t)i * dim, gu + (size_t)i * 2 * dim, (size_t)dim * sizeof *g);
+        memcpy(u + (size_t)i * dim, gu + (size_t)i * 2 * dim + dim, (size_t)dim * sizeof *u);
+    }
+    if (t == DT_F32) cuda_swiglu_fused_f32(dout, dgu, n, dim, s);
+    else if (t == DT_BF16) cuda_swiglu_fused_bf16(dout, dgu, n, dim, s);
+    else cuda_swiglu_fused_f16(dout, dgu, n, dim, s);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    download(got, dout, total, t);
+    op_swiglu(ref, g, u, n, dim);
+    double rtol = 16.0 * FLT_EPSILON + (t == DT_F32 ? 0.0 : dt_ulp(t));
+    TAP_OK(compare("swiglu_fused", got, ref, total, rtol, dt_atol(t)) == 0, "swiglu_fused %s n=%d dim=%d",
+           dt_names[t], n, dim);
+    CUDA_CHECK(cudaFree(dgu)); CUDA_CHECK(cudaFree(dout));
+    free(gu); free(g); free(u); free(ref); free(got);
+}
+
 static void check_type(dtype t, test_rng *rng, cudaStream_t s)
 {
     const int norm_shapes[][2] = {{1, 1}, {3, 7}, {5, 129}, {2, 1000}, {4, 4096}, {3, 8192}};
@@ -315,6 +386,13 @@ static void check_type(dtype t, test_rng *rng, cudaStream_t s)
     check_embedding(t, 17, 5, 7, rng, s);
     check_embedding(t, 5000, 9, 1001, rng, s);
     check_embedding(t, 300, 33, 4096, rng, s);
+
+    check_qkv_split_rope(t, 1, 1, 1, 2, rng, s);
+    check_qkv_split_rope(t, 5, 8, 2, 64, rng, s);
+    check_qkv_split_rope(t, 3, 32, 8, 128, rng, s);
+    check_swiglu_fused(t, 1, 1, rng, s);
+    check_swiglu_fused(t, 7, 1001, rng, s);
+    check_swiglu_fused(t, 4, 14336, rng, s);
 }
 
 int main(void)
