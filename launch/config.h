@@ -14,6 +14,7 @@ typedef struct ls_config {
     const char *port_file;          // bound port written here once serving
     const char *pid_file;           // coordinator pid written here (send SIGTERM to it to stop)
     const char *log_level;          // error, warn, info, debug
+    const char *backend;            // auto, cpu, cuda
     int max_waiting;
     int max_batch;
     int max_step_tokens;

@@ -161,8 +161,9 @@ static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, ch
     worker wk;
     memset(&wk, 0, sizeof wk);
     bcast_bytes(world, dir, PATH_BYTES);
-    if (dir[0] && worker_load(&wk, dir, workers, &err) != LS_OK) report_error(&rep, &err);
-    if (rep.code == LS_OK) rep.value = worker_pool_capacity(&wk, cfg->page_tokens, (size_t)cfg->kv_cache_mb << 20);
+    if (dir[0] && worker_load(&wk, dir, workers, cfg->backend, &err) != LS_OK) report_error(&rep, &err);
+    if (rep.code == LS_OK) rep.value = worker_pool_capacity(&wk, cfg->page_tokens, cfg->max_step_tokens,
+                                                         (size_t)cfg->kv_cache_mb << 20);
     int unused, n_pages = 0;
     if (gather_reports(ch, &rep, &unused) != 0) goto out;
     bcast_bytes(world, &n_pages, sizeof n_pages);

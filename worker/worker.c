@@ -4,8 +4,36 @@
 #include <string.h>
 
 #include "common/log.h"
+#ifdef LORASERVE_HAVE_CUDA
+#include <cuda_runtime.h>
 
-ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, ls_error *err)
+#include "worker/cuda/forward_cuda.h"
+#endif
+
+/* How long a GPU step or collective may take before the group is declared broken. */
+#define WORKER_STEP_TIMEOUT_S 60.0
+
+/* Starts the CUDA backend when asked to (or when "auto" finds a GPU); 0 = stay on the CPU. */
+static ls_status start_cuda(worker *wk, MPI_Comm workers, const char *backend, ls_error *err)
+{
+#ifdef LORASERVE_HAVE_CUDA
+    int count = 0;
+    int has_gpu = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+    // The decision must be the same on every rank: a group with a GPU-less rank runs on the CPU.
+    int all = has_gpu;
+    MPI_CHECK(MPI_Allreduce(&has_gpu, &all, 1, MPI_INT, MPI_MIN, workers));
+    if (!strcmp(backend, "cpu") || (!strcmp(backend, "auto") && !all)) return LS_OK;
+    if (!all) return ls_fail(err, LS_FAILED_PRECONDITION, "--backend cuda: a worker rank sees no CUDA device");
+    wk->cuda = ls_xcalloc(1, sizeof *wk->cuda);
+    return cuda_forward_init(wk->cuda, &wk->w, workers, WORKER_STEP_TIMEOUT_S, err);
+#else
+    (void)wk, (void)workers;
+    if (!strcmp(backend, "cuda")) return ls_fail(err, LS_FAILED_PRECONDITION, "--backend cuda: built without CUDA");
+    return LS_OK;
+#endif
+}
+
+ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, const char *backend, ls_error *err)
 {
     int rank, size;
     memset(wk, 0, sizeof *wk);
@@ -17,11 +45,15 @@ ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, ls_er
     snprintf(wk->model_name, sizeof wk->model_name, "%s", base && base[1] ? base + 1 : model_dir);
     wk->adapter_cache_bytes = (size_t)1 << 30;
     collective_init(&wk->col, workers, wk->w.vocab_start, wk->w.vocab_local, wk->w.cfg.vocab_size);
-    return LS_OK;
+    return start_cuda(wk, workers, backend, err);
 }
 
-int worker_pool_capacity(const worker *wk, int page_tokens, size_t kv_bytes)
+int worker_pool_capacity(const worker *wk, int page_tokens, int max_tokens, size_t kv_bytes)
 {
+#ifdef LORASERVE_HAVE_CUDA
+    if (wk->cuda) return cuda_forward_pool_capacity(wk->cuda, page_tokens, max_tokens, kv_bytes);
+#endif
+    (void)max_tokens;
     size_t page = forward_page_bytes(&wk->w.cfg, wk->w.tp_size, page_tokens);
     size_t n = kv_bytes / page;
     return n > (size_t)1 << 30 ? 1 << 30 : (int)n;
@@ -35,7 +67,12 @@ ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens,
                        "%zu floats: raise --page-tokens", page_tokens, page_floats,
                        lora_max_row_floats(&wk->w.cfg, wk->w.tp_size));
     adapter_store_init(&wk->store, &wk->w.cfg, wk->w.tp_rank, wk->w.tp_size, page_floats, wk->adapter_cache_bytes);
-    ls_status st = forward_init(&wk->fwd, &wk->w, &wk->col, &wk->store, n_pages, page_tokens, max_tokens, err);
+    ls_status st;
+#ifdef LORASERVE_HAVE_CUDA
+    if (wk->cuda) st = cuda_forward_start(wk->cuda, n_pages, page_tokens, max_tokens, err);
+    else
+#endif
+    st = forward_init(&wk->fwd, &wk->w, &wk->col, &wk->store, n_pages, page_tokens, max_tokens, err);
     if (st != LS_OK) return st;
     if (wk->col.rank == 0) {
         size_t V = (size_t)wk->w.cfg.vocab_size;
@@ -64,7 +101,10 @@ static void handle_register(worker *wk, channel *ch, const plan *p)
 {
     ls_error err = { 0 };
     channel_report rep = { .code = LS_OK };
-    if (adapter_store_register(&wk->store, p->h.arg, p->bytes, wk->model_name, wk->allow_base_mismatch, &err) != LS_OK) {
+    if (wk->cuda) {
+        rep.code = LS_UNIMPLEMENTED;
+        snprintf(rep.msg, sizeof rep.msg, "LoRA adapters are not served by the CUDA backend yet (use --backend cpu)");
+    } else if (adapter_store_register(&wk->store, p->h.arg, p->bytes, wk->model_name, wk->allow_base_mismatch, &err) != LS_OK) {
         rep.code = err.code;
         snprintf(rep.msg, sizeof rep.msg, "%.*s", (int)sizeof rep.msg - 1, err.msg);
     }
@@ -87,6 +127,21 @@ static void place_adapters(worker *wk, const plan *p)
     }
 }
 
+ls_status worker_forward(worker *wk, const plan *p, ls_error *err)
+{
+#ifdef LORASERVE_HAVE_CUDA
+    if (wk->cuda) {
+        if (!p->h.n_seqs) return LS_OK;
+        return cuda_forward_step(wk->cuda, p, wk->sampled, wk->keep_logits ? wk->logits : NULL, err);
+    }
+#endif
+    (void)err;
+    place_adapters(wk, p);
+    if (p->h.n_seqs) forward_step(&wk->fwd, p, wk->logits);
+    if (wk->col.rank == 0) worker_sample(wk, p, wk->logits, wk->sampled);
+    return LS_OK;
+}
+
 void worker_serve(worker *wk, channel *ch)
 {
     plan p;
@@ -96,17 +151,24 @@ void worker_serve(worker *wk, channel *ch)
         if (cmd == PLAN_SHUTDOWN) break;
         if (cmd == PLAN_ADAPTER_REGISTER) { handle_register(wk, ch, &p); continue; }
         if (cmd == PLAN_ADAPTER_DROP) { adapter_store_drop(&wk->store, p.h.arg); continue; }
-        place_adapters(wk, &p);
-        if (p.h.n_seqs) forward_step(&wk->fwd, &p, wk->logits);
-        if (wk->col.rank != 0) continue;
-        worker_sample(wk, &p, wk->logits, wk->sampled);
-        channel_tokens_send(ch, wk->sampled, p.h.n_sample);
+        ls_error err = { 0 };
+        if (worker_forward(wk, &p, &err) != LS_OK) {
+            // A broken tensor-parallel group cannot finish this step or any later one: end the job so
+            // that mpirun (and Slurm or Kubernetes) can restart it, rather than hang the clients.
+            LOG_E("step %llu failed: %s", (unsigned long long)p.h.step, err.msg);
+            MPI_Abort(MPI_COMM_WORLD, 3);
+        }
+        if (wk->col.rank == 0) channel_tokens_send(ch, wk->sampled, p.h.n_sample);
     }
     plan_free(&p);
 }
 
 void worker_free(worker *wk)
 {
+#ifdef LORASERVE_HAVE_CUDA
+    if (wk->cuda) cuda_forward_free(wk->cuda);
+#endif
+    free(wk->cuda);
     forward_free(&wk->fwd);
     adapter_store_free(&wk->store);
     collective_free(&wk->col);

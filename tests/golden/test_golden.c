@@ -65,8 +65,12 @@ static void run_batch(worker *wk, golden *g, int first, int count, int page_toke
     for (int step = 0; step < g->max_new; step++) {
         plan_reset(&p, PLAN_STEP, (uint64_t)step);
         for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
-        forward_step(&wk->fwd, &p, wk->logits);
-        if (rank == 0) worker_sample(wk, &p, wk->logits, ids);
+        ls_error err = { 0 };
+        if (worker_forward(wk, &p, &err) != LS_OK) {
+            fprintf(stderr, "r%d: step failed: %s\n", rank, err.msg);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        if (rank == 0) memcpy(ids, wk->sampled, (size_t)count * sizeof *ids);
         MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
         for (int i = 0; i < count; i++) {
             char name[32];
@@ -98,15 +102,18 @@ int main(int argc, char **argv)
     log_init(rank, LOG_WARN);
     if (argc < 2) { fprintf(stderr, "usage: test_golden FIXTURE_DIR\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
     golden g = { 0 };
+    // LORASERVE_BACKEND=cuda (with LORASERVE_CUDA_DTYPE=f32 for these tolerances) checks the GPU path.
+    const char *backend = getenv("LORASERVE_BACKEND") ? getenv("LORASERVE_BACKEND") : "cpu";
     worker wk;
     ls_error err = { 0 };
     int page_tokens = 4, n_pages = 1024;
-    if (golden_load(&g, argv[1]) != 0 || worker_load(&wk, argv[1], MPI_COMM_WORLD, &err) != LS_OK ||
+    if (golden_load(&g, argv[1]) != 0 || worker_load(&wk, argv[1], MPI_COMM_WORLD, backend, &err) != LS_OK ||
         worker_start(&wk, n_pages, page_tokens, 256, &err) != LS_OK) {
         fprintf(stderr, "r%d: cannot load %s: %s\n", rank, argv[1], err.msg);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    if (rank == 0) TAP_DIAG("%s at TP=%d: %d prompts x %d greedy steps", argv[1], size, g.n_prompts, g.max_new);
+    wk.keep_logits = 1;
+    if (rank == 0) TAP_DIAG("%s (%s backend) at TP=%d: %d prompts x %d greedy steps", argv[1], wk.cuda ? "cuda" : "cpu", size, g.n_prompts, g.max_new);
     int next_page = n_pages - 1;
     char label[64];
     for (int i = 0; i < g.n_prompts; i++) {

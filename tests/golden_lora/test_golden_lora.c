@@ -146,7 +146,7 @@ int main(int argc, char **argv)
     snprintf(base, sizeof base, "%s/base", argv[1]);
     int page_tokens = 4, n_pages = 4096, next_page = n_pages - 1;
     int32_t *pages = ls_xcalloc((size_t)n_pages, sizeof *pages);
-    if (load(&g, argv[1]) != 0 || worker_load(&wk, base, MPI_COMM_WORLD, &err) != LS_OK ||
+    if (load(&g, argv[1]) != 0 || worker_load(&wk, base, MPI_COMM_WORLD, "cpu", &err) != LS_OK ||
         worker_start(&wk, n_pages, page_tokens, 1024, &err) != LS_OK || place_adapters(&wk, &g, argv[1], &next_page, pages)) {
         fprintf(stderr, "r%d: cannot set up %s: %s\n", rank, argv[1], err.msg);
         MPI_Abort(MPI_COMM_WORLD, 1);

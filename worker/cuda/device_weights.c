@@ -4,6 +4,7 @@
 #include "worker/cuda/device_weights.h"
 
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
@@ -11,6 +12,10 @@
 
 dev_dtype dev_weights_dtype_for(const model_config *c)
 {
+    const char *env = getenv("LORASERVE_CUDA_DTYPE");
+    if (env && !strcmp(env, "f32")) return DEV_F32;
+    if (env && !strcmp(env, "f16")) return DEV_F16;
+    if (env && !strcmp(env, "bf16")) return DEV_BF16;
     return strcmp(c->torch_dtype, "float16") == 0 ? DEV_F16 : DEV_BF16;
 }
 
@@ -18,7 +23,7 @@ dev_dtype dev_weights_dtype_for(const model_config *c)
 typedef struct part { const float *src; size_t n; } part;
 
 typedef struct carve {
-    uint16_t **dst;
+    void **dst;
     part parts[3];
 } carve;
 
@@ -50,9 +55,15 @@ static int build_table(dev_weights *d, const model_weights *w, carve *out, int c
     return n;
 }
 
-static void round_into(uint16_t *dst, const float *src, size_t n, dev_dtype t)
+/* Writes n values of src into dst (element offset at) in the storage type. */
+static void round_into(void *dst, size_t at, const float *src, size_t n, dev_dtype t)
 {
-    for (size_t i = 0; i < n; i++) dst[i] = t == DEV_F16 ? st_f32_to_f16(src[i]) : st_f32_to_bf16(src[i]);
+    if (t == DEV_F32) {
+        memcpy((float *)dst + at, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *d = (uint16_t *)dst + at;
+    for (size_t i = 0; i < n; i++) d[i] = t == DEV_F16 ? st_f32_to_f16(src[i]) : st_f32_to_bf16(src[i]);
 }
 
 ls_status dev_weights_upload(dev_weights *d, const model_weights *w, dev_dtype dtype, ls_error *err)
@@ -66,8 +77,9 @@ ls_status dev_weights_upload(dev_weights *d, const model_weights *w, dev_dtype d
     int n = build_table(d, w, table, cap);
     size_t elems = 0;
     for (int i = 0; i < n; i++) elems += (carve_elems(&table[i]) + 127) & ~(size_t)127;   // 256-byte aligned
-    d->bytes = elems * sizeof(uint16_t);
-    uint16_t *host = malloc(d->bytes);
+    size_t esz = dev_dtype_size(dtype);
+    d->bytes = elems * esz;
+    void *host = malloc(d->bytes);
     cudaError_t ce = host ? cudaMalloc(&d->arena, d->bytes) : cudaErrorMemoryAllocation;
     if (ce != cudaSuccess) {
         free(host);
@@ -77,10 +89,10 @@ ls_status dev_weights_upload(dev_weights *d, const model_weights *w, dev_dtype d
     }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
-        *table[i].dst = (uint16_t *)d->arena + off;
+        *table[i].dst = (char *)d->arena + off * esz;
         size_t at = off;
         for (int p = 0; p < 3 && table[i].parts[p].src; p++) {
-            round_into(host + at, table[i].parts[p].src, table[i].parts[p].n, dtype);
+            round_into(host, at, table[i].parts[p].src, table[i].parts[p].n, dtype);
             at += table[i].parts[p].n;
         }
         off += (carve_elems(&table[i]) + 127) & ~(size_t)127;

@@ -11,29 +11,32 @@
 #include "common/status.h"
 #include "worker/weights.h"
 
-typedef enum dev_dtype { DEV_BF16 = 0, DEV_F16 = 1 } dev_dtype;
+typedef enum dev_dtype { DEV_BF16 = 0, DEV_F16 = 1, DEV_F32 = 2 } dev_dtype;
+
+static inline size_t dev_dtype_size(dev_dtype t) { return t == DEV_F32 ? 4 : 2; }
 
 typedef struct dev_layer {
-    uint16_t *attn_norm;        // (H)
-    uint16_t *w_qkv;            // ((hq + 2 hk) * hd, H): q rows, then k, then v
-    uint16_t *wo;               // (H, hq * hd)
-    uint16_t *mlp_norm;         // (H)
-    uint16_t *w_gate_up;        // (2 I, H): gate rows, then up
-    uint16_t *w_down;           // (H, I)
+    void *attn_norm;        // (H)
+    void *w_qkv;            // ((hq + 2 hk) * hd, H): q rows, then k, then v
+    void *wo;               // (H, hq * hd)
+    void *mlp_norm;         // (H)
+    void *w_gate_up;        // (2 I, H): gate rows, then up
+    void *w_down;           // (H, I)
 } dev_layer;
 
 typedef struct dev_weights {
     dev_dtype dtype;
     void *arena;                // the one device allocation
     size_t bytes;
-    uint16_t *embed;            // (V, H)
-    uint16_t *final_norm;       // (H)
-    uint16_t *lm_head;          // (vocab_local, H)
+    void *embed;            // (V, H)
+    void *final_norm;       // (H)
+    void *lm_head;          // (vocab_local, H)
     dev_layer *layers;          // host array of n_layers
     int n_layers;
 } dev_weights;
 
-/* The storage type for a model: fp16 models stay fp16, everything else becomes bf16. */
+/* The storage type for a model: fp16 models stay fp16, everything else becomes bf16; the environment
+ * variable LORASERVE_CUDA_DTYPE (f32, bf16, f16) overrides it. */
 dev_dtype dev_weights_dtype_for(const model_config *c);
 /* Rounds w (this rank's fp32 shard) to dtype and copies it into one new device allocation. */
 ls_status dev_weights_upload(dev_weights *d, const model_weights *w, dev_dtype dtype, ls_error *err);

@@ -1,0 +1,783 @@
+/* Paged KV writes and causal GQA paged attention over a whole step on the GPU, twins of op_kv_store and
+ * op_paged_attention (kernels/cpu/attention.c). A step mixes prefill chunks and decode tokens of many
+ * sequences, and the host never reads the per-sequence arrays (they are device data), so each call runs:
+ *   1. plan (one block): reads the sequences, sizes split-K chunks so the whole step yields about
+ *      TARGET_BLOCKS blocks of work, and writes two work lists into the caller's scratch;
+ *   2. rows: one block per (query token, key chunk, kv head, <= 8 query heads of its group), SIMT fp32,
+ *      online softmax (flash-decoding). Decode tokens always go here; f32 prefill too (f32 storage is the
+ *      debug/reference type, so it keeps the plain path and its 1e-5 agreement with the CPU). When a token's
+ *      keys were split, the last of its blocks to finish (atomic counter) merges the partials;
+ *   3. tiles (bf16/f16 prefill): one block per 64 query rows (tokens x the heads of one kv group, so each
+ *      K/V tile is read once for the group) x one kv head, 64-key tiles (32 at head_dim 256) streamed by
+ *      cp.async, QK^T and PV on tensor cores (mma.sync m16n8k16, fp32 accumulators), online softmax in fp32.
+ *      P is rounded to the storage type for the PV product, as FlashAttention does.
+ * head_dim is padded to the next of 32/64/128/256 inside the kernels (zero columns), so any head_dim up to
+ * 256 works; 16-byte vector loads / cp.async are used when the layout allows, element loads otherwise.
+ * Positions outside a token's window are never read, so never-written slots cannot leak into outputs. */
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_common.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdint.h>
+
+enum {
+    ATTN_THREADS = 128,     // rows and tiles blocks: 4 warps
+    PLAN_THREADS = 512,
+    TILE_BQ = 64,           // query rows per tile block: 16 per warp
+    SPLIT_MIN_KEYS = 64,    // a key chunk never gets fewer keys: below that the merge costs more than it gains
+    TARGET_BLOCKS = 1024,   // row blocks the split planner aims for (~8 per SM of an H100: long decodes fill it)
+    MIN_TARGET = 64,
+    KV_STORE_THREADS = 256,
+    SMEM_DEFAULT = 48 * 1024,
+};
+
+/* kv_view without the pointer, plus the layer; in elements of the storage type. */
+struct kv_geom {
+    size_t page_stride, layer_stride, kv_stride;
+    int page_tokens, n_kv_heads, head_dim, layer;
+};
+
+struct seq_arrays { const int32_t *start_pos, *n_tokens, *tok_off, *page_off, *page_table; };
+
+/* One row block: token tok of sequence seq over keys [kb, ke), chunk split of n_splits; split tokens
+ * own partial slots slot0.. and merge counter split_row (both -1 when n_splits == 1). */
+struct row_item { int seq, tok, kb, ke, split, n_splits, slot0, split_row; };
+
+template <typename T> struct attn_args {
+    T *out;
+    const T *q, *pool;
+    kv_geom g;
+    seq_arrays sq;
+    const row_item *rows;
+    const int2 *tiles;          // (seq, 64-row tile index)
+    const int *header;          // [0] row items, [1] tiles: written by the plan
+    float *pm, *pl, *pacc;      // split partials: running max (log2 domain), sum, unnormalised output
+    int *counters;
+    int n_heads, head_chunks, window, vec;
+    float scale_log2;           // scale * log2(e): softmax in exp2
+};
+
+__device__ __forceinline__ int first_key(int p, int window)
+{
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* Start of the [n_kv_heads*head_dim] K (which = 0) or V row of position pos, then head kh. */
+template <typename T>
+__device__ __forceinline__ const T *kv_row(const T *pool, const kv_geom &g, const int32_t *pt, int pos, int which,
+                                           int kh)
+{
+    size_t page = (size_t)pt[pos / g.page_tokens], slot = (size_t)(pos % g.page_tokens);
+    return pool + page * g.page_stride + (size_t)g.layer * g.layer_stride + (size_t)which * g.kv_stride
+         + (slot * g.n_kv_heads + kh) * g.head_dim;
+}
+
+template <typename T> struct alignas(16) chunk { T e[16 / sizeof(T)]; };
+
+/* The 16 bytes of a row at element d0, zero past head_dim: one vector load when the layout allows. */
+template <typename T>
+__device__ __forceinline__ chunk<T> load_chunk(const T *row, int d0, int hd, bool vec)
+{
+    constexpr int VEC = 16 / sizeof(T);
+    chunk<T> c;
+    if (vec && d0 + VEC <= hd) {
+        *reinterpret_cast<uint4 *>(&c) = __ldg(reinterpret_cast<const uint4 *>(row + d0));
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) c.e[j] = d0 + j < hd ? row[d0 + j] : from_f32<T>(0.0f);
+    }
+    return c;
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* The 16 bytes of a row at element d0 (src NULL = a row outside the range) into shared memory, zero past
+ * head_dim or for a missing row: cp.async with zero fill on the vector path, plain stores otherwise. */
+template <typename T>
+__device__ __forceinline__ void copy_chunk(T *dst, const T *src, int d0, int hd, bool vec, const T *dummy)
+{
+    constexpr int VEC = 16 / sizeof(T);
+    if (vec) {
+        uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
+        int bytes = src && d0 < hd ? 16 : 0;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                     ::"r"(s), "l"(bytes ? src + d0 : dummy), "r"(bytes) : "memory");
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) dst[j] = src && d0 + j < hd ? src[d0 + j] : from_f32<T>(0.0f);
+    }
+}
+
+/* 2^x on the SFU (~2 ulp, 0 for -inf): the tiles' P is rounded to 16 bits right after. */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* ---- plan ------------------------------------------------------------------------------------------- */
+
+struct plan_args {
+    seq_arrays sq;
+    row_item *rows;
+    int2 *tiles;
+    int *header, *counters;
+    int n_seqs, n_tokens, group, window, rows_all, target, row_bound, tile_bound, grid_y;
+};
+
+/* Keys seen by positions 0..P-1 together (each sees min(p+1, window)). */
+__device__ __forceinline__ long long keys_before(long long P, int window)
+{
+    if (window <= 0 || P <= window) return P * (P + 1) / 2;
+    return (long long)window * (window + 1) / 2 + (P - window) * window;
+}
+
+__device__ __forceinline__ int4 add4(int4 a, int4 b) { return make_int4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+
+__device__ __forceinline__ int4 warp_scan4(int4 v)      // inclusive
+{
+    const int lane = threadIdx.x % WARP;
+    for (int off = 1; off < WARP; off <<= 1) {
+        int4 t = make_int4(__shfl_up_sync(~0u, v.x, off), __shfl_up_sync(~0u, v.y, off), __shfl_up_sync(~0u, v.z, off),
+                           __shfl_up_sync(~0u, v.w, off));
+        if (lane >= off) v = add4(v, t);
+    }
+    return v;
+}
+
+/* Exclusive block scan of four counters at once; *total gets the block's sums. */
+__device__ int4 block_scan4(int4 v, int4 *s_warp /* [WARP] */, int4 *total)
+{
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    int4 inc = warp_scan4(v);
+    if (lane == WARP - 1) s_warp[warp] = inc;
+    __syncthreads();
+    if (warp == 0) s_warp[lane] = warp_scan4(lane < nw ? s_warp[lane] : make_int4(0, 0, 0, 0));
+    __syncthreads();
+    int4 pre = warp > 0 ? s_warp[warp - 1] : make_int4(0, 0, 0, 0);
+    *total = s_warp[nw - 1];
+    __syncthreads();        // s_warp is reused by the next call
+    return make_int4(pre.x + inc.x - v.x, pre.y + inc.y - v.y, pre.z + inc.z - v.z, pre.w + inc.w - v.w);
+}
+
+/* Chunk = max(SPLIT_MIN_KEYS, keys of all row tokens / target): then the split tokens hold fewer than
+ * 2*target chunks in all (a split token has len > chunk, so ceil(len/chunk) < 2*len/chunk), which is
+ * what bounds the scratch. A broken caller contract (bad sequence arrays) traps instead of overflowing. */
+__global__ void __launch_bounds__(PLAN_THREADS) plan_kernel(plan_args a)
+{
+    __shared__ unsigned long long s_keys;
+    __shared__ int4 s_warp[WARP];
+    if (threadIdx.x == 0) s_keys = 0;
+    __syncthreads();
+    unsigned long long keys = 0;
+    for (int s = threadIdx.x; s < a.n_seqs; s += blockDim.x) {
+        int start = a.sq.start_pos[s], n = a.sq.n_tokens[s], off = a.sq.tok_off[s];
+        if (start < 0 || n < 0 || off < 0 || off > a.n_tokens - n) __trap();
+        if (n > 0 && (a.rows_all || n == 1)) keys += keys_before(start + n, a.window) - keys_before(start, a.window);
+    }
+    atomicAdd(&s_keys, keys);
+    __syncthreads();
+    const long long chunk = max((long long)SPLIT_MIN_KEYS, (long long)((s_keys + a.target - 1) / a.target));
+
+    int4 run = make_int4(0, 0, 0, 0);      // row items, split tokens, partial slots, tiles so far
+    for (int b = 0; b < a.n_seqs; b += blockDim.x) {
+        const int s = b + threadIdx.x;
+        const int start = s < a.n_seqs ? a.sq.start_pos[s] : 0, n = s < a.n_seqs ? a.sq.n_tokens[s] : 0;
+        const bool row_seq = n > 0 && (a.rows_all || n == 1);
+        int4 c = make_int4(0, 0, 0, 0);
+        if (row_seq) {
+            for (int i = 0; i < n; ++i) {
+                int p = start + i, k = (int)((p - first_key(p, a.window) + chunk) / chunk);
+                c.x += k;
+                if (k > 1) { c.y += 1; c.z += k; }
+            }
+        } else if (n > 0) {
+            c.w = (n * a.group + TILE_BQ - 1) / TILE_BQ;
+        }
+        int4 tot, ex = add4(block_scan4(c, s_warp, &tot), run);
+        if (row_seq) {
+            for (int i = 0; i < n; ++i) {
+                int p = start + i, lo = first_key(p, a.window), k = (int)((p - lo + chunk) / chunk);
+                if (ex.x + k > a.row_bound || (k > 1 && (ex.y >= a.target || ex.z + k > 2 * a.target))) __trap();
+                for (int j = 0; j < k; ++j) {
+                    int kb = (int)(lo + j * chunk), ke = (int)min((long long)p + 1, lo + (j + 1) * chunk);
+                    a.rows[ex.x++] = row_item{s, i, kb, ke, j, k, k > 1 ? ex.z : -1, k > 1 ? ex.y : -1};
+                }
+                if (k > 1) { ex.y += 1; ex.z += k; }
+            }
+        } else if (n > 0) {
+            if (ex.w + c.w > a.tile_bound) __trap();
+            for (int t = 0; t < c.w; ++t) a.tiles[ex.w + t] = make_int2(s, t);
+        }
+        run = add4(run, tot);
+    }
+    if (threadIdx.x == 0) { a.header[0] = run.x; a.header[1] = run.w; }
+    for (int x = threadIdx.x; x < run.y * a.grid_y; x += blockDim.x) a.counters[x] = 0;
+}
+
+/* ---- rows: one query token, a chunk of keys, GH query heads of one kv head -------------------------- */
+
+/* K/V stream through a ring of STAGES shared-memory stages filled by cp.async (STEP keys each), so two or
+ * three stages are always in flight whatever the registers. A key group of L lanes reads one K/V row from
+ * the stage (16 bytes a lane, NCH times); KG groups take U keys each per stage, and each group keeps its own
+ * online-softmax state per head, updated once per U keys. The block merges the groups at the end. */
+template <typename T, int HDP, int GH>
+__global__ void __launch_bounds__(ATTN_THREADS) rows_kernel(attn_args<T> a)
+{
+    constexpr int VEC = 16 / (int)sizeof(T), L = HDP / VEC < WARP ? HDP / VEC : WARP, NCH = HDP / (VEC * L);
+    constexpr int E = VEC * NCH, KG = ATTN_THREADS / L, U = 2, STEP = KG * U, CPR = HDP / VEC;
+    constexpr int STAGES = NCH == 1 ? 4 : 2, STAGE = 2 * STEP * HDP;     // 32 KB of stages in every case
+    constexpr int PAIRS = (GH * HDP + ATTN_THREADS - 1) / ATTN_THREADS;
+    __shared__ uint4 s_buf[STAGES * STAGE * sizeof(T) / 16];             // the stages, then s_red
+    __shared__ float s_m[KG][GH], s_l[KG][GH], s_M[GH], s_L[GH];
+    __shared__ int s_last;
+    static_assert(sizeof(float) * KG * GH * HDP <= sizeof(s_buf), "s_red must fit in the stage buffer");
+    float (*s_red)[GH][HDP] = reinterpret_cast<float (*)[GH][HDP]>(s_buf);
+    if (blockIdx.x >= (unsigned)a.header[0]) return;
+    const row_item it = a.rows[blockIdx.x];
+    const kv_geom &g = a.g;
+    const int hd = g.head_dim, group = a.n_heads / g.n_kv_heads;
+    const int kh = blockIdx.y / a.head_chunks, hb = (blockIdx.y % a.head_chunks) * GH;
+    const int h0 = kh * group + hb, nh = min(GH, group - hb);
+    const int32_t *pt = a.sq.page_table + a.sq.page_off[it.seq];
+    const size_t qrow = (size_t)a.sq.tok_off[it.seq] + it.tok;
+    const int li = threadIdx.x % L, kgi = threadIdx.x / L;
+    const bool vec = a.vec;
+    T *stages = reinterpret_cast<T *>(s_buf);
+    auto issue = [&](int i) {           // stage i: keys kb + i*STEP .., K rows then V rows
+        T *dst = stages + (i % STAGES) * STAGE;
+        for (int c = threadIdx.x; c < 2 * STEP * CPR; c += ATTN_THREADS) {
+            int r = c / CPR, d0 = c % CPR * VEC, key = it.kb + i * STEP + r % STEP;
+            const T *src = key < it.ke ? kv_row(a.pool, g, pt, key, r / STEP, kh) : nullptr;
+            copy_chunk(dst + r * HDP + d0, src, d0, hd, vec, a.q);
+        }
+    };
+    const int n_it = (it.ke - it.kb + STEP - 1) / STEP;
+    for (int i = 0; i < STAGES - 1; ++i) {
+        if (i < n_it) issue(i);
+        cp_async_commit();              // possibly empty: keeps the group count uniform
+    }
+
+    float qv[GH][E], m[GH], l[GH], acc[GH][E];
+#pragma unroll
+    for (int h = 0; h < GH; ++h) {
+        m[h] = -INFINITY; l[h] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+            chunk<T> x = {};
+            if (h < nh) x = load_chunk(a.q + (qrow * a.n_heads + h0 + h) * hd, (c * L + li) * VEC, hd, vec);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) { qv[h][c * VEC + j] = to_f32(x.e[j]); acc[h][c * VEC + j] = 0.0f; }
+        }
+    }
+
+    for (int i = 0; i < n_it; ++i) {    // uniform trip count: shuffles stay converged
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();                // stage i landed for all; stage i-1 is consumed, its slot refillable
+        if (i + STAGES - 1 < n_it) issue(i + STAGES - 1);
+        cp_async_commit();
+        const T *sk = stages + (i % STAGES) * STAGE, *sv = sk + STEP * HDP;
+        float kf[U][E], vf[U][E];
+        bool valid[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int r = u * KG + kgi;
+            valid[u] = it.kb + i * STEP + r < it.ke;
+#pragma unroll
+            for (int c = 0; c < NCH; ++c) {
+                chunk<T> kc = *reinterpret_cast<const chunk<T> *>(sk + r * HDP + (c * L + li) * VEC);
+                chunk<T> vc = *reinterpret_cast<const chunk<T> *>(sv + r * HDP + (c * L + li) * VEC);
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) { kf[u][c * VEC + j] = to_f32(kc.e[j]); vf[u][c * VEC + j] = to_f32(vc.e[j]); }
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < GH; ++h) {
+            if (h >= nh) break;         // block-uniform
+            float sc[U], mn = m[h];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < E; ++e) d += qv[h][e] * kf[u][e];
+#pragma unroll
+                for (int off = L / 2; off > 0; off >>= 1) d += __shfl_xor_sync(~0u, d, off);
+                sc[u] = valid[u] ? d * a.scale_log2 : -INFINITY;
+                mn = fmaxf(mn, sc[u]);
+            }
+            const float mb = mn == -INFINITY ? 0.0f : mn, alpha = exp2f(m[h] - mb);   // no NaN before any key
+            float p[U], ps = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; ++u) ps += (p[u] = exp2f(sc[u] - mb));
+            l[h] = l[h] * alpha + ps;
+            m[h] = mn;
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                float x = acc[h][e] * alpha;
+#pragma unroll
+                for (int u = 0; u < U; ++u) x += p[u] * vf[u][e];
+                acc[h][e] = x;
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();                    // every group is done with the stages: s_red may overwrite them
+
+    /* Merge the key groups: common max per head, each group's state rescaled onto it, summed. */
+    if (li == 0)
+        for (int h = 0; h < GH; ++h) { s_m[kgi][h] = m[h]; s_l[kgi][h] = l[h]; }
+    __syncthreads();
+    if (threadIdx.x < GH) {
+        float M = -INFINITY, S = 0.0f;
+        for (int j = 0; j < KG; ++j) M = fmaxf(M, s_m[j][threadIdx.x]);
+        for (int j = 0; j < KG; ++j)
+            if (s_m[j][threadIdx.x] != -INFINITY) S += s_l[j][threadIdx.x] * exp2f(s_m[j][threadIdx.x] - M);
+        s_M[threadIdx.x] = M; s_L[threadIdx.x] = S;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < GH; ++h) {
+        float f = m[h] == -INFINITY ? 0.0f : exp2f(m[h] - s_M[h]);
+#pragma unroll
+        for (int e = 0; e < E; ++e) s_red[kgi][h][((e / VEC) * L + li) * VEC + e % VEC] = acc[h][e] * f;
+    }
+    __syncthreads();
+    const bool single = it.n_splits == 1;
+    for (int x = threadIdx.x; x < nh * hd; x += ATTN_THREADS) {
+        int h = x / hd, d = x % hd;
+        float sum = 0.0f;
+        for (int j = 0; j < KG; ++j) sum += s_red[j][h][d];
+        if (single) {
+            a.out[(qrow * a.n_heads + h0 + h) * hd + d] = from_f32<T>(sum / s_L[h]);
+        } else {
+            size_t slot = (size_t)(it.slot0 + it.split) * a.n_heads + h0 + h;
+            a.pacc[slot * hd + d] = sum;
+            if (d == 0) { a.pm[slot] = s_M[h]; a.pl[slot] = s_L[h]; }
+        }
+    }
+    if (single) return;
+
+    /* Split token: publish, count; the last block of this (token, head set) merges all chunks. */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        s_last = atomicAdd(&a.counters[it.split_row * gridDim.y + blockIdx.y], 1) == it.n_splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const int ns = it.n_splits;
+    if (threadIdx.x < nh) {
+        size_t h = h0 + threadIdx.x;
+        float M = -INFINITY, S = 0.0f;
+        for (int j = 0; j < ns; ++j) M = fmaxf(M, __ldcg(a.pm + (size_t)(it.slot0 + j) * a.n_heads + h));
+        for (int j = 0; j < ns; ++j) {
+            size_t slot = (size_t)(it.slot0 + j) * a.n_heads + h;
+            S += __ldcg(a.pl + slot) * exp2f(__ldcg(a.pm + slot) - M);
+        }
+        s_M[threadIdx.x] = M; s_L[threadIdx.x] = 1.0f / S;
+    }
+    constexpr int CMB = KG * HDP;            // weights per head that fit in s_red, per round
+    float *s_w = &s_red[0][0][0];
+    float o[PAIRS] = {};
+    for (int j0 = 0; j0 < ns; j0 += CMB) {
+        __syncthreads();
+        for (int x = threadIdx.x; x < CMB * nh; x += ATTN_THREADS) {
+            int j = j0 + x / nh, h = x % nh;
+            if (j < ns) s_w[x] = exp2f(__ldcg(a.pm + (size_t)(it.slot0 + j) * a.n_heads + h0 + h) - s_M[h]) * s_L[h];
+        }
+        __syncthreads();
+        const int jn = min(CMB, ns - j0);
+#pragma unroll
+        for (int k = 0; k < PAIRS; ++k) {
+            int x = threadIdx.x + k * ATTN_THREADS, h = x / hd, d = x % hd;
+            if (x >= nh * hd) break;
+            for (int j = 0; j < jn; ++j)
+                o[k] += s_w[j * nh + h] * __ldcg(a.pacc + ((size_t)(it.slot0 + j0 + j) * a.n_heads + h0 + h) * hd + d);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < PAIRS; ++k) {
+        int x = threadIdx.x + k * ATTN_THREADS, h = x / hd, d = x % hd;
+        if (x < nh * hd) a.out[(qrow * a.n_heads + h0 + h) * hd + d] = from_f32<T>(o[k]);
+    }
+}
+
+/* ---- tiles: 64 query rows x one kv head, tensor cores (bf16 / f16 only) -------------------------------- */
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* c += a (16x16, row) * b (16x8, col), fp32 accumulators. */
+#define MMA16816(CT, PTX) \
+    template <> __device__ __forceinline__ void mma16816<CT>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) \
+    { \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+                     "{%8,%9}, {%0,%1,%2,%3};\n" \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)); \
+    }
+template <typename T> __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1);
+MMA16816(__nv_bfloat16, "bf16")
+MMA16816(__half, "f16")
+
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p, bool trans)
+{
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+}
+
+template <int HDP> struct tile_cfg {
+    static constexpr int BK = HDP > 128 ? 32 : 64, RS = HDP + 8;    // +16 bytes a row: ldmatrix rows hit distinct banks
+    static constexpr size_t smem(size_t elem) { return (size_t)(TILE_BQ + 2 * BK) * RS * elem; }
+};
+
+template <typename T, int HDP>
+__global__ void __launch_bounds__(ATTN_THREADS) tile_kernel(attn_args<T> a)
+{
+    constexpr int BK = tile_cfg<HDP>::BK, RS = tile_cfg<HDP>::RS, CPR = HDP / 8, NB = BK / 8, DB = HDP / 8;
+    extern __shared__ uint4 smem[];
+    __shared__ long long s_off[BK];     // pool offset of each K row of the tile being loaded, -1 past ke
+    T *sQ = reinterpret_cast<T *>(smem), *sK = sQ + TILE_BQ * RS, *sV = sK + BK * RS;
+    const int n_tiles = a.header[1];
+    if (blockIdx.x >= (unsigned)n_tiles) return;
+    const int2 it = a.tiles[n_tiles - 1 - blockIdx.x];     // a sequence's last (longest) tiles start first
+    const kv_geom &g = a.g;
+    const int kh = blockIdx.y, group = a.n_heads / g.n_kv_heads, hd = g.head_dim;
+    const int start = a.sq.start_pos[it.x], rows = a.sq.n_tokens[it.x] * group, r0 = it.y * TILE_BQ;
+    const size_t tok0 = a.sq.tok_off[it.x];
+    const int32_t *pt = a.sq.page_table + a.sq.page_off[it.x];
+    const bool vec = a.vec;
+    const int p_first = start + r0 / group, p_last = start + (min(r0 + TILE_BQ, rows) - 1) / group;
+    const int kb = first_key(p_first, a.window), ke = p_last + 1, lo_last = first_key(p_last, a.window);
+
+    for (int c = threadIdx.x; c < TILE_BQ * CPR; c += ATTN_THREADS) {
+        int r = c / CPR, d0 = c % CPR * 8, rr = r0 + r;
+        const T *src = rr < rows ? a.q + ((tok0 + rr / group) * a.n_heads + kh * group + rr % group) * hd : nullptr;
+        copy_chunk(sQ + r * RS + d0, src, d0, hd, vec, a.q);
+    }
+    /* Page lookups once per row of a tile (not per 16-byte chunk): s_off serves its K and then its V load. */
+    auto find_rows = [&](int kt) {
+        int key = kt + threadIdx.x;
+        if (threadIdx.x < BK) s_off[threadIdx.x] = key < ke ? kv_row(a.pool, g, pt, key, 0, kh) - a.pool : -1;
+    };
+    auto load_kv = [&](T *dst, int which) {
+        for (int c = threadIdx.x; c < BK * CPR; c += ATTN_THREADS) {
+            int r = c / CPR, d0 = c % CPR * 8;
+            long long off = s_off[r];
+            copy_chunk(dst + r * RS + d0, off >= 0 ? a.pool + off + which * g.kv_stride : nullptr, d0, hd, vec, a.q);
+        }
+    };
+    find_rows(kb);
+    __syncthreads();
+    load_kv(sK, 0);
+    cp_async_commit();
+
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, gq = lane / 4, t4 = lane % 4;
+    int prow[2], plo[2];            // position and first key of this thread's two rows (gq, gq + 8); -1: padding
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        int rr = r0 + warp * 16 + gq + 8 * e;
+        prow[e] = rr < rows ? start + rr / group : -1;
+        plo[e] = first_key(prow[e], a.window);
+    }
+    float o[DB][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const T *qbase = sQ + (warp * 16 + (lane & 15)) * RS + (lane >> 4) * 8;                     // A: Q rows
+    const T *kbase = sK + ((lane & 7) + (lane >> 4) * 8) * RS + ((lane >> 3) & 1) * 8;          // B: K rows
+    const T *vbase = sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + (lane >> 4) * 8;          // B: V^T (trans)
+
+    for (int kt = kb; kt < ke; kt += BK) {
+        load_kv(sV, 1);             // s_off still describes this tile
+        cp_async_commit();
+        cp_async_wait<1>();         // Q and this K tile have landed
+        __syncthreads();            // ... for everyone; every V load has read s_off
+        find_rows(kt + BK);
+        float s[NB][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < HDP / 16; ++ks) {
+            uint32_t qa[4];
+            ldsm_x4(qa, qbase + ks * 16, false);
+#pragma unroll
+            for (int nb = 0; nb < NB; nb += 2) {
+                uint32_t kf[4];
+                ldsm_x4(kf, kbase + nb * 8 * RS + ks * 16, false);
+                mma16816<T>(s[nb], qa, kf[0], kf[1]);
+                mma16816<T>(s[nb + 1], qa, kf[2], kf[3]);
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+        if (kt + BK - 1 <= p_first && kt >= lo_last) {      // every row sees every key of this tile: no mask
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nb][e] *= a.scale_log2);
+        } else {
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int key = kt + nb * 8 + 2 * t4 + (e & 1), r = e >> 1;
+                    s[nb][e] = key <= prow[r] && key >= plo[r] ? s[nb][e] * a.scale_log2 : -INFINITY;
+                    mx[r] = fmaxf(mx[r], s[nb][e]);
+                }
+        }
+        float alpha[2], mb[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(~0u, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(~0u, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            mb[r] = mn == -INFINITY ? 0.0f : mn;        // a row with nothing visible yet keeps p = 0, no NaN
+            alpha[r] = fast_exp2(m[r] - mb[r]);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nb][e] = fast_exp2(s[nb][e] - mb[e >> 1]);
+                l[e >> 1] += s[nb][e];
+            }
+#pragma unroll
+        for (int db = 0; db < DB; ++db)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[db][e] *= alpha[e >> 1];
+        __syncthreads();            // every warp is done with sK; s_off describes the next tile
+        if (kt + BK < ke) load_kv(sK, 0);
+        cp_async_commit();          // possibly empty: keeps the group count uniform
+        cp_async_wait<1>();         // this V tile has landed
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks) {
+            const float *s0 = s[2 * ks], *s1 = s[2 * ks + 1];     // P's A fragment is S's C layout, repacked
+            uint32_t pa[4] = {pack2<T>(s0[0], s0[1]), pack2<T>(s0[2], s0[3]), pack2<T>(s1[0], s1[1]),
+                              pack2<T>(s1[2], s1[3])};
+#pragma unroll
+            for (int db = 0; db < DB; db += 2) {
+                uint32_t vf[4];
+                ldsm_x4(vf, vbase + ks * 16 * RS + db * 8, true);
+                mma16816<T>(o[db], pa, vf[0], vf[1]);
+                mma16816<T>(o[db + 1], pa, vf[2], vf[3]);
+            }
+        }
+        __syncthreads();            // every warp is done with sV
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(~0u, l[r], 1);
+        l[r] += __shfl_xor_sync(~0u, l[r], 2);
+        if (prow[r] < 0) continue;
+        int rr = r0 + warp * 16 + gq + 8 * r;
+        T *dst = a.out + ((tok0 + rr / group) * a.n_heads + kh * group + rr % group) * hd;
+        float inv = 1.0f / l[r];
+#pragma unroll
+        for (int db = 0; db < DB; ++db) {
+            int d = db * 8 + 2 * t4;
+            if (d < hd) dst[d] = from_f32<T>(o[db][2 * r] * inv);
+            if (d + 1 < hd) dst[d + 1] = from_f32<T>(o[db][2 * r + 1] * inv);
+        }
+    }
+}
+
+/* ---- host side ------------------------------------------------------------------------------------------ */
+
+/* The scratch of one call: item lists, merge counters and split partials, each section 256-aligned.
+ * Everything grows with n_tokens and n_seqs only, so a layout for the maxima covers every smaller call. */
+struct attn_layout {
+    int group, gh, head_chunks, grid_y, target, row_bound, tile_bound;
+    size_t rows, tiles, counters, pm, pl, pacc, total;
+};
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+static attn_layout layout_for(int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int head_dim)
+{
+    attn_layout a;
+    a.group = n_heads / n_kv_heads;
+    a.gh = a.group >= 8 ? 8 : a.group > 2 ? (a.group > 4 ? 8 : 4) : a.group;
+    a.head_chunks = (a.group + a.gh - 1) / a.gh;
+    a.grid_y = n_kv_heads * a.head_chunks;
+    a.target = TARGET_BLOCKS / a.grid_y > MIN_TARGET ? TARGET_BLOCKS / a.grid_y : MIN_TARGET;
+    a.row_bound = (n_tokens > n_seqs ? n_tokens : n_seqs) + 2 * a.target;
+    a.tile_bound = (int)(((size_t)n_tokens * a.group + TILE_BQ - 1) / TILE_BQ) + n_seqs;
+    size_t slots = 2 * (size_t)a.target * n_heads;
+    a.rows = 256;                                               // [0, 256): header
+    a.tiles = a.rows + align256((size_t)a.row_bound * sizeof(row_item));
+    a.counters = a.tiles + align256((size_t)a.tile_bound * sizeof(int2));
+    a.pm = a.counters + align256((size_t)a.target * a.grid_y * sizeof(int));
+    a.pl = a.pm + align256(slots * sizeof(float));
+    a.pacc = a.pl + align256(slots * sizeof(float));
+    a.total = a.pacc + align256(slots * head_dim * sizeof(float));
+    return a;
+}
+
+extern "C" size_t cuda_paged_attention_scratch_bytes(int max_tokens, int max_seqs, int n_heads, int n_kv_heads,
+                                                     int head_dim)
+{
+    assert(max_tokens >= 0 && max_seqs >= 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0);
+    return layout_for(max_tokens, max_seqs, n_heads, n_kv_heads, head_dim).total;
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+static bool geom_vec(const kv_geom &g, size_t vec)
+{
+    return g.head_dim % vec == 0 && g.page_stride % vec == 0 && g.layer_stride % vec == 0 && g.kv_stride % vec == 0;
+}
+
+template <typename T, int HDP>
+static void launch_rows(const attn_args<T> &a, int gh, dim3 grid, cudaStream_t stream)
+{
+    if (gh == 1) rows_kernel<T, HDP, 1><<<grid, ATTN_THREADS, 0, stream>>>(a);
+    else if (gh == 2) rows_kernel<T, HDP, 2><<<grid, ATTN_THREADS, 0, stream>>>(a);
+    else if (gh == 4) rows_kernel<T, HDP, 4><<<grid, ATTN_THREADS, 0, stream>>>(a);
+    else rows_kernel<T, HDP, 8><<<grid, ATTN_THREADS, 0, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T, int HDP>
+static void launch_tiles(const attn_args<T> &a, dim3 grid, cudaStream_t stream)
+{
+    size_t smem = tile_cfg<HDP>::smem(sizeof(T));
+    if (smem > SMEM_DEFAULT)
+        CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<T, HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    tile_kernel<T, HDP><<<grid, ATTN_THREADS, smem, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+static void paged_attention(T *out, void *scratch, size_t scratch_bytes, const T *q, const T *pool, kv_geom g,
+                            seq_arrays sq, int n_seqs, int n_tokens, int n_heads, int window, float scale,
+                            cudaStream_t stream)
+{
+    assert(n_seqs >= 0 && n_tokens >= 0 && n_heads > 0 && g.n_kv_heads > 0 && n_heads % g.n_kv_heads == 0);
+    assert(g.head_dim > 0 && g.head_dim <= 256 && g.page_tokens > 0 && g.layer >= 0 && window >= 0);
+    assert(g.kv_stride >= (size_t)g.page_tokens * g.n_kv_heads * g.head_dim && g.layer_stride >= 2 * g.kv_stride);
+    if (n_seqs == 0 || n_tokens == 0) return;
+    assert(out && scratch && q && pool && sq.start_pos && sq.n_tokens && sq.tok_off && sq.page_off && sq.page_table);
+    attn_layout lay = layout_for(n_tokens, n_seqs, n_heads, g.n_kv_heads, g.head_dim);
+    assert(lay.total <= scratch_bytes && aligned16(scratch));
+    const bool rows_all = sizeof(T) == 4;
+    const int rows_grid = rows_all ? lay.row_bound : n_seqs + 2 * lay.target;    // 16-bit: decode tokens only
+    char *base = static_cast<char *>(scratch);
+
+    plan_args pa = {sq, reinterpret_cast<row_item *>(base + lay.rows), reinterpret_cast<int2 *>(base + lay.tiles),
+                    reinterpret_cast<int *>(base), reinterpret_cast<int *>(base + lay.counters), n_seqs, n_tokens,
+                    lay.group, window, rows_all, lay.target, rows_grid, lay.tile_bound, lay.grid_y};
+    plan_kernel<<<1, PLAN_THREADS, 0, stream>>>(pa);
+    CUDA_CHECK(cudaGetLastError());
+
+    attn_args<T> a = {out, q, pool, g, sq, pa.rows, pa.tiles, pa.header, reinterpret_cast<float *>(base + lay.pm),
+                      reinterpret_cast<float *>(base + lay.pl), reinterpret_cast<float *>(base + lay.pacc),
+                      pa.counters, n_heads, lay.head_chunks, window,
+                      aligned16(q) && aligned16(pool) && geom_vec(g, 16 / sizeof(T)),
+                      (float)((double)scale * 1.4426950408889634)};
+    dim3 rgrid((unsigned)rows_grid, lay.grid_y);
+    int hd = g.head_dim;
+    if (hd <= 32) launch_rows<T, 32>(a, lay.gh, rgrid, stream);
+    else if (hd <= 64) launch_rows<T, 64>(a, lay.gh, rgrid, stream);
+    else if (hd <= 128) launch_rows<T, 128>(a, lay.gh, rgrid, stream);
+    else launch_rows<T, 256>(a, lay.gh, rgrid, stream);
+    if constexpr (sizeof(T) == 2) {
+        dim3 tgrid((unsigned)lay.tile_bound, g.n_kv_heads);
+        if (hd <= 32) launch_tiles<T, 32>(a, tgrid, stream);
+        else if (hd <= 64) launch_tiles<T, 64>(a, tgrid, stream);
+        else if (hd <= 128) launch_tiles<T, 128>(a, tgrid, stream);
+        else launch_tiles<T, 256>(a, tgrid, stream);
+    }
+}
+
+/* ---- kv store ------------------------------------------------------------------------------------------ */
+
+template <typename T>
+__global__ void kv_store_kernel(T *pool, const T *k, const T *v, const int32_t *token_page, const int32_t *token_slot,
+                                kv_geom g, bool vec)
+{
+    const size_t row = (size_t)g.n_kv_heads * g.head_dim, i = blockIdx.x;
+    const int page = token_page[i], slot = token_slot[i];
+    if (page < 0 || slot < 0 || slot >= g.page_tokens) __trap();       // the caller resolved a bad position
+    T *dk = pool + (size_t)page * g.page_stride + (size_t)g.layer * g.layer_stride + (size_t)slot * row;
+    T *dv = dk + g.kv_stride;
+    const T *sk = k + i * row, *sv = v + i * row;
+    if (vec) {
+        constexpr int VEC = 16 / sizeof(T);
+        for (size_t c = threadIdx.x; c < row / VEC; c += blockDim.x) {
+            reinterpret_cast<uint4 *>(dk)[c] = reinterpret_cast<const uint4 *>(sk)[c];
+            reinterpret_cast<uint4 *>(dv)[c] = reinterpret_cast<const uint4 *>(sv)[c];
+        }
+    } else {
+        for (size_t e = threadIdx.x; e < row; e += blockDim.x) { dk[e] = sk[e]; dv[e] = sv[e]; }
+    }
+}
+
+template <typename T>
+static void kv_store(T *pool, const T *k, const T *v, const int32_t *token_page, const int32_t *token_slot, int n,
+                     kv_geom g, cudaStream_t stream)
+{
+    assert(n >= 0 && g.layer >= 0 && g.page_tokens > 0 && g.n_kv_heads > 0 && g.head_dim > 0);
+    assert(g.kv_stride >= (size_t)g.page_tokens * g.n_kv_heads * g.head_dim);
+    if (n == 0) return;
+    assert(pool && k && v && token_page && token_slot);
+    const size_t vec_n = 16 / sizeof(T), row = (size_t)g.n_kv_heads * g.head_dim;
+    bool vec = aligned16(pool) && aligned16(k) && aligned16(v) && row % vec_n == 0 && g.page_stride % vec_n == 0
+            && g.layer_stride % vec_n == 0 && g.kv_stride % vec_n == 0;
+    size_t work = vec ? row / vec_n : row;
+    int threads = threads_for((int)work, KV_STORE_THREADS);       // row fits an int: n_kv_heads * head_dim
+    kv_store_kernel<T><<<n, threads, 0, stream>>>(pool, k, v, token_page, token_slot, g, vec);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- C entry points: the 16-bit ones map uint16_t onto the CUDA types ----------------------------------- */
+
+#define AS_F32(p) (p)
+#define KV_GEOM kv_geom{page_stride, layer_stride, kv_stride, page_tokens, n_kv_heads, head_dim, layer}
+#define KV_STORE_ENTRY(SUFFIX, CT, CAST) \
+    extern "C" void cuda_kv_store_##SUFFIX(CT *pool, const CT *k, const CT *v, const int32_t *token_page, \
+                                           const int32_t *token_slot, int n, int layer, size_t page_stride, \
+                                           size_t layer_stride, size_t kv_stride, int page_tokens, int n_kv_heads, \
+                                           int head_dim, cudaStream_t stream) \
+    { \
+        kv_store(CAST(pool), CAST(k), CAST(v), token_page, token_slot, n, KV_GEOM, stream); \
+    }
+#define ATTENTION_ENTRY(SUFFIX, CT, CAST) \
+    extern "C" void cuda_paged_attention_##SUFFIX( \
+        CT *out, void *scratch, size_t scratch_bytes, const CT *q, const CT *pool, size_t page_stride, \
+        size_t layer_stride, size_t kv_stride, int page_tokens, int n_kv_heads, int head_dim, int layer, \
+        const int32_t *page_table, const int32_t *seq_start_pos, const int32_t *seq_n_tokens, \
+        const int32_t *seq_tok_off, const int32_t *seq_page_off, int n_seqs, int n_tokens, int n_heads, int window, \
+        float scale, cudaStream_t stream) \
+    { \
+        paged_attention(CAST(out), scratch, scratch_bytes, CAST(q), CAST(pool), KV_GEOM, \
+                        seq_arrays{seq_start_pos, seq_n_tokens, seq_tok_off, seq_page_off, page_table}, n_seqs, \
+                        n_tokens, n_heads, window, scale, stream); \
+    }
+
+KV_STORE_ENTRY(f32, float, AS_F32)
+KV_STORE_ENTRY(bf16, uint16_t, as_bf16)
+KV_STORE_ENTRY(f16, uint16_t, as_f16)
+ATTENTION_ENTRY(f32, float, AS_F32)
+ATTENTION_ENTRY(bf16, uint16_t, as_bf16)
+ATTENTION_ENTRY(f16, uint16_t, as_f16)
