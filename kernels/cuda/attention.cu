@@ -259,6 +259,14 @@ __global__ void __launch_bounds__(ATTN_THREADS) rows_kernel(attn_args<T> a)
             copy_chunk(dst + r * HDP + d0, src, d0, hd, vec, a.q);
         }
     };
+    auto row_from_stage = [&](float *x, const T *row) {     // this lane's E elements of a staged row
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+            chunk<T> v = *reinterpret_cast<const chunk<T> *>(row + (c * L + li) * VEC);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) x[c * VEC + j] = to_f32(v.e[j]);
+        }
+    };
     const int n_it = (it.ke - it.kb + STEP - 1) / STEP;
     for (int i = 0; i < STAGES - 1; ++i) {
         if (i < n_it) issue(i);
@@ -284,46 +292,46 @@ __global__ void __launch_bounds__(ATTN_THREADS) rows_kernel(attn_args<T> a)
         if (i + STAGES - 1 < n_it) issue(i + STAGES - 1);
         cp_async_commit();
         const T *sk = stages + (i % STAGES) * STAGE, *sv = sk + STEP * HDP;
-        float kf[U][E], vf[U][E];
-        bool valid[U];
+        float sc[GH][U], p[GH][U];      // one converted K or V row live at a time keeps registers low
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int r = u * KG + kgi;
-            valid[u] = it.kb + i * STEP + r < it.ke;
+            float kf[E];
+            row_from_stage(kf, sk + (u * KG + kgi) * HDP);
+            const bool valid = it.kb + i * STEP + u * KG + kgi < it.ke;
 #pragma unroll
-            for (int c = 0; c < NCH; ++c) {
-                chunk<T> kc = *reinterpret_cast<const chunk<T> *>(sk + r * HDP + (c * L + li) * VEC);
-                chunk<T> vc = *reinterpret_cast<const chunk<T> *>(sv + r * HDP + (c * L + li) * VEC);
+            for (int h = 0; h < GH; ++h) {
+                if (h >= nh) break;     // block-uniform
+                float d = 0.0f;
 #pragma unroll
-                for (int j = 0; j < VEC; ++j) { kf[u][c * VEC + j] = to_f32(kc.e[j]); vf[u][c * VEC + j] = to_f32(vc.e[j]); }
+                for (int e = 0; e < E; ++e) d += qv[h][e] * kf[e];
+#pragma unroll
+                for (int off = L / 2; off > 0; off >>= 1) d += __shfl_xor_sync(~0u, d, off);
+                sc[h][u] = valid ? d * a.scale_log2 : -INFINITY;
             }
         }
 #pragma unroll
         for (int h = 0; h < GH; ++h) {
-            if (h >= nh) break;         // block-uniform
-            float sc[U], mn = m[h];
+            if (h >= nh) break;
+            float mn = m[h], ps = 0.0f;
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < E; ++e) d += qv[h][e] * kf[u][e];
-#pragma unroll
-                for (int off = L / 2; off > 0; off >>= 1) d += __shfl_xor_sync(~0u, d, off);
-                sc[u] = valid[u] ? d * a.scale_log2 : -INFINITY;
-                mn = fmaxf(mn, sc[u]);
-            }
+            for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[h][u]);
             const float mb = mn == -INFINITY ? 0.0f : mn, alpha = exp2f(m[h] - mb);   // no NaN before any key
-            float p[U], ps = 0.0f;
 #pragma unroll
-            for (int u = 0; u < U; ++u) ps += (p[u] = exp2f(sc[u] - mb));
+            for (int u = 0; u < U; ++u) ps += (p[h][u] = exp2f(sc[h][u] - mb));
             l[h] = l[h] * alpha + ps;
             m[h] = mn;
 #pragma unroll
-            for (int e = 0; e < E; ++e) {
-                float x = acc[h][e] * alpha;
+            for (int e = 0; e < E; ++e) acc[h][e] *= alpha;
+        }
 #pragma unroll
-                for (int u = 0; u < U; ++u) x += p[u] * vf[u][e];
-                acc[h][e] = x;
+        for (int u = 0; u < U; ++u) {
+            float vf[E];
+            row_from_stage(vf, sv + (u * KG + kgi) * HDP);
+#pragma unroll
+            for (int h = 0; h < GH; ++h) {
+                if (h >= nh) break;
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][e] += p[h][u] * vf[e];
             }
         }
     }
