@@ -7,7 +7,7 @@
  * rounded to the storage type first and the CPU runs on those values, so tolerances only cover the
  * device's arithmetic and its roundings. Outputs are NaN-poisoned; a second call on the same scratch must
  * reproduce the first bit for bit (the split-K merge order is fixed). Skips without a CUDA device.
- * `test_cuda_attention quick` runs a subset (for compute-sanitizer). */
+ * `test_cuda_attention quick` (or `tiny`) runs a subset, for compute-sanitizer. */
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
@@ -335,14 +335,17 @@ int main(int argc, char **argv)
         {"GQA 16:1 head_dim 64 page 16 window 1000", 16, 1, 64, 16, 1000, 0},
         {"MHA head_dim 128 page 5 odd strides", 2, 2, 128, 5, 0, 1},
     };
-    const size_t quick_set[] = {0, 3, 5, 6}, all = sizeof shapes / sizeof shapes[0];  // vector, scalar, window, 256
-    const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-    const size_t n_shapes = quick ? sizeof quick_set / sizeof quick_set[0] : all;
+    /* quick: vector path, element path, window, head_dim 256; tiny (racecheck): two of them, f32 and bf16. */
+    const size_t quick_set[] = {0, 3, 5, 6}, tiny_set[] = {0, 5}, all = sizeof shapes / sizeof shapes[0];
+    const int quick = argc > 1 && strcmp(argv[1], "quick") == 0, tiny = argc > 1 && strcmp(argv[1], "tiny") == 0;
+    const size_t *set = quick ? quick_set : tiny ? tiny_set : NULL;
+    const size_t n_shapes = quick ? sizeof quick_set / sizeof *quick_set
+                                  : tiny ? sizeof tiny_set / sizeof *tiny_set : all;
     cudaStream_t s;
     CUDA_CHECK(cudaStreamCreate(&s));
     test_rng rng = {11};
-    for (int t = DT_F32; t <= DT_F16; ++t)
-        for (size_t i = 0; i < n_shapes; ++i) check_shape(&shapes[quick ? quick_set[i] : i], (dtype)t, &rng, s);
+    for (int t = DT_F32; t <= (tiny ? DT_BF16 : DT_F16); ++t)
+        for (size_t i = 0; i < n_shapes; ++i) check_shape(&shapes[set ? set[i] : i], (dtype)t, &rng, s);
     CUDA_CHECK(cudaStreamDestroy(s));
     return tap_done();
 }

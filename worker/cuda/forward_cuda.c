@@ -238,7 +238,7 @@ static void layer(cuda_forward *f, const plan *p, const step_idx *x, int l, ls_e
            on_device(f, x->seq_start), on_device(f, x->seq_n), on_device(f, x->seq_tok), on_device(f, x->seq_page),
            p->h.n_seqs, n, hq, c->sliding_window, 1.0f / sqrtf((float)hd), s);
     gemm(f, f->proj, blas_type(f->dt), H, f->att, L->wo, n, hq * hd, H);
-    nccl_comm_allreduce_sum(&f->nc, f->proj, (size_t)n * H, nccl_type(f->dt), err);
+    if (nccl_comm_allreduce_sum(&f->nc, f->proj, (size_t)n * H, nccl_type(f->dt), err) != LS_OK) return;
     KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, L->mlp_norm, n, H, c->rms_eps, s);
     gemm(f, f->gu, blas_type(f->dt), 2 * I, f->xn, L->w_gate_up, n, H, 2 * I);
     KERNEL(cuda_swiglu_fused, f->dt, f->act, f->gu, n, I, s);
@@ -254,9 +254,9 @@ static float *project_logits(cuda_forward *f, const plan *p, const step_idx *x, 
     KERNEL(cuda_embedding, f->dt, f->sel, on_device(f, x->sel), f->xn, ns, H, f->stream);   // gather rows
     gemm(f, f->logits_local, CUDA_R_32F, vs, f->sel, f->dw.lm_head, ns, H, f->w->vocab_local);
     if (T == 1) return f->logits_local;         // vocab_stride == V
-    ncclResult_t r = ncclAllGather(f->logits_local, f->logits_all, (size_t)ns * vs, ncclFloat32, f->nc.comm, f->stream);
-    if (r != ncclSuccess && r != ncclInProgress) ls_fail(err, LS_UNAVAILABLE, "ncclAllGather: %s", ncclGetErrorString(r));
-    if (f->nc.rank != 0) return NULL;
+    if (nccl_comm_allgather(&f->nc, f->logits_local, f->logits_all, (size_t)ns * vs, ncclFloat32, err) != LS_OK ||
+        f->nc.rank != 0)
+        return NULL;
     for (int k = 0; k < T; k++)
         CU_CHECK(cudaMemcpy2DAsync(f->logits + f->vocab_starts[k], (size_t)V * sizeof(float),
                                    f->logits_all + (size_t)k * ns * vs, (size_t)vs * sizeof(float),

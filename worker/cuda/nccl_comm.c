@@ -66,17 +66,29 @@ ls_status nccl_comm_init(nccl_comm *c, MPI_Comm workers, cudaStream_t stream, do
     return settle(c, now_s() + timeout_s, "NCCL communicator start-up", err);
 }
 
+/* A non-blocking communicator may answer ncclInProgress while it enqueues; it must reach ncclSuccess
+ * before the next call on it, so wait for that (bounded) here. */
+static ls_status enqueued(nccl_comm *c, ncclResult_t r, const char *what, ls_error *err)
+{
+    if (r == ncclSuccess) return LS_OK;
+    if (r == ncclInProgress) return settle(c, now_s() + c->timeout_s, what, err);
+    ncclCommAbort(c->comm);
+    c->aborted = 1;
+    return ls_fail(err, LS_UNAVAILABLE, "%s: %s", what, ncclGetErrorString(r));
+}
+
 ls_status nccl_comm_allreduce_sum(nccl_comm *c, void *buf, size_t count, ncclDataType_t type, ls_error *err)
 {
     if (c->size == 1 || count == 0) return LS_OK;
     if (c->aborted) return ls_fail(err, LS_UNAVAILABLE, "the tensor-parallel communicator was aborted");
-    ncclResult_t r = ncclAllReduce(buf, buf, count, type, ncclSum, c->comm, c->stream);
-    if (r != ncclSuccess && r != ncclInProgress) {
-        ncclCommAbort(c->comm);
-        c->aborted = 1;
-        return ls_fail(err, LS_UNAVAILABLE, "ncclAllReduce: %s", ncclGetErrorString(r));
-    }
-    return LS_OK;
+    return enqueued(c, ncclAllReduce(buf, buf, count, type, ncclSum, c->comm, c->stream), "ncclAllReduce", err);
+}
+
+ls_status nccl_comm_allgather(nccl_comm *c, const void *send, void *recv, size_t count, ncclDataType_t type,
+                              ls_error *err)
+{
+    if (c->aborted) return ls_fail(err, LS_UNAVAILABLE, "the tensor-parallel communicator was aborted");
+    return enqueued(c, ncclAllGather(send, recv, count, type, c->comm, c->stream), "ncclAllGather", err);
 }
 
 ls_status nccl_comm_wait(nccl_comm *c, ls_error *err)

@@ -25,6 +25,9 @@ typedef struct nccl_comm {
 ls_status nccl_comm_init(nccl_comm *c, MPI_Comm workers, cudaStream_t stream, double timeout_s, ls_error *err);
 /* Enqueues an in-place sum; completion is observed by nccl_comm_wait (or any later stream sync). */
 ls_status nccl_comm_allreduce_sum(nccl_comm *c, void *buf, size_t count, ncclDataType_t type, ls_error *err);
+/* Enqueues an all-gather of count elements from every rank, rank-major in recv. */
+ls_status nccl_comm_allgather(nccl_comm *c, const void *send, void *recv, size_t count, ncclDataType_t type,
+                              ls_error *err);
 /* Waits for everything enqueued on the stream, within the deadline; aborts the communicator on
  * timeout or asynchronous error (UNAVAILABLE). */
 ls_status nccl_comm_wait(nccl_comm *c, ls_error *err);
