@@ -11,14 +11,13 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda_test.h"
 #include "tests/kernels/kernel_test.h"
 #include "tests/tap.h"
 
 #include <float.h>
 #include <string.h>
 
-typedef enum dtype { DT_F32, DT_BF16, DT_F16 } dtype;
-static const char *const dt_names[] = {"f32", "bf16", "f16"};
 
 enum { N_LAYERS = 2, LAYER = 1, MAX_SEQS = 16, SPARE_PAGES = 9, TABLE_GAP = 3 };
 
@@ -32,47 +31,6 @@ typedef struct attn_shape {
     const char *name;
     int n_heads, n_kv_heads, head_dim, page_tokens, window, odd_strides;
 } attn_shape;
-
-static size_t dt_size(dtype t) { return t == DT_F32 ? sizeof(float) : sizeof(uint16_t); }
-
-/* One ulp at 1.0 of the storage type (twice its unit roundoff). */
-static double dt_ulp(dtype t) { return t == DT_F32 ? FLT_EPSILON : t == DT_BF16 ? 0x1p-7 : 0x1p-10; }
-
-/* The type's subnormal step: absolute precision near zero. */
-static double dt_atol(dtype t) { return t == DT_F32 ? 0x1p-149 : t == DT_BF16 ? 0x1p-133 : 0x1p-24; }
-
-static uint16_t bf16_from(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-static float bf16_to(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void encode(void *dst, const float *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) ((float *)dst)[i] = src[i];
-        else if (t == DT_BF16) ((uint16_t *)dst)[i] = bf16_from(src[i]);
-        else { _Float16 h = (_Float16)src[i]; memcpy((uint16_t *)dst + i, &h, sizeof h); }
-    }
-}
-
-static void decode(float *dst, const void *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) dst[i] = ((const float *)src)[i];
-        else if (t == DT_BF16) dst[i] = bf16_to(((const uint16_t *)src)[i]);
-        else { _Float16 h; memcpy(&h, (const uint16_t *)src + i, sizeof h); dst[i] = (float)h; }
-    }
-}
 
 /* Random values in [-1, 1) rounded in place to what type t holds. */
 static void fill_rounded(float *x, size_t n, dtype t, test_rng *rng)
@@ -92,22 +50,6 @@ static void *upload_as(const float *x, size_t n, dtype t)
     CUDA_CHECK(cudaMemcpy(dev, host, n * dt_size(t), cudaMemcpyHostToDevice));
     free(host);
     return dev;
-}
-
-static void *upload_raw(const void *x, size_t bytes)
-{
-    void *dev;
-    CUDA_CHECK(cudaMalloc(&dev, bytes ? bytes : 1));
-    CUDA_CHECK(cudaMemcpy(dev, x, bytes, cudaMemcpyHostToDevice));
-    return dev;
-}
-
-static void download(float *x, const void *dev, size_t n, dtype t)
-{
-    void *host = xcalloc(n, dt_size(t));
-    CUDA_CHECK(cudaMemcpy(host, dev, n * dt_size(t), cudaMemcpyDeviceToHost));
-    decode(x, host, n, t);
-    free(host);
 }
 
 static void launch_store(dtype t, void *pool, const void *k, const void *v, const int32_t *page, const int32_t *slot,

@@ -8,95 +8,13 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/fused_ops.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda_test.h"
 #include "tests/kernels/kernel_test.h"
 #include "tests/tap.h"
 
 #include <float.h>
 #include <string.h>
 
-typedef enum dtype { DT_F32, DT_BF16, DT_F16 } dtype;
-static const char *const dt_names[] = {"f32", "bf16", "f16"};
-
-static size_t dt_size(dtype t)
-{
-    return t == DT_F32 ? sizeof(float) : sizeof(uint16_t);
-}
-
-/* One ulp at 1.0 of the storage type: a relative bound on one rounding of an output (half of it) plus
- * any fp32-level difference between device and host. */
-static double dt_ulp(dtype t)
-{
-    return t == DT_F32 ? FLT_EPSILON : t == DT_BF16 ? 0x1p-7 : 0x1p-10;
-}
-
-/* The spacing of the type's subnormals: below the smallest normal (6e-5 for f16) precision is absolute,
- * so every tolerance adds half of this step for the output rounding (one full step for margin). */
-static double dt_atol(dtype t)
-{
-    return t == DT_F32 ? 0x1p-149 : t == DT_BF16 ? 0x1p-133 : 0x1p-24;
-}
-
-/* Round-to-nearest-even to bf16 (test data is finite, so no NaN special case). */
-static uint16_t bf16_from(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-static float bf16_to(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void encode(void *dst, const float *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) ((float *)dst)[i] = src[i];
-        else if (t == DT_BF16) ((uint16_t *)dst)[i] = bf16_from(src[i]);
-        else { _Float16 h = (_Float16)src[i]; memcpy((uint16_t *)dst + i, &h, sizeof h); }
-    }
-}
-
-static void decode(float *dst, const void *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) dst[i] = ((const float *)src)[i];
-        else if (t == DT_BF16) dst[i] = bf16_to(((const uint16_t *)src)[i]);
-        else { _Float16 h; memcpy(&h, (const uint16_t *)src + i, sizeof h); dst[i] = (float)h; }
-    }
-}
-
-/* Copies x to the device as type t and rounds x in place to exactly what the device holds. */
-static void *upload(float *x, size_t n, dtype t)
-{
-    void *host = xcalloc(n, dt_size(t)), *dev;
-    encode(host, x, n, t);
-    decode(x, host, n, t);
-    CUDA_CHECK(cudaMalloc(&dev, n * dt_size(t)));
-    CUDA_CHECK(cudaMemcpy(dev, host, n * dt_size(t), cudaMemcpyHostToDevice));
-    free(host);
-    return dev;
-}
-
-static void *alloc_poisoned(size_t n, dtype t)
-{
-    void *dev;
-    CUDA_CHECK(cudaMalloc(&dev, n * dt_size(t)));
-    CUDA_CHECK(cudaMemset(dev, 0xff, n * dt_size(t)));
-    return dev;
-}
-
-static void download(float *x, const void *dev, size_t n, dtype t)
-{
-    void *host = xcalloc(n, dt_size(t));
-    CUDA_CHECK(cudaMemcpy(host, dev, n * dt_size(t), cudaMemcpyDeviceToHost));
-    decode(x, host, n, t);
-    free(host);
-}
 
 /* The CPU twin's output as the reference, with tol = rtol * |ref| + atol per element. */
 static size_t compare(const char *what, const float *got, const float *ref, size_t n, double rtol, double atol)

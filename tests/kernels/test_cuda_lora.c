@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda_test.h"
 #include "tests/kernels/kernel_test.h"
 #include "tests/tap.h"
 
@@ -29,74 +30,6 @@
 
 enum { MAX_ADS = 6, MAX_SEGS = 2 * MAX_ADS + 2, PAD = 3, MODS = 3 };
 
-typedef enum dtype { DT_F32, DT_BF16, DT_F16 } dtype;
-static const char *const dt_names[] = {"f32", "bf16", "f16"};
-
-static size_t dt_size(dtype t) { return t == DT_F32 ? 4 : 2; }
-static double dt_ulp(dtype t) { return t == DT_F32 ? FLT_EPSILON : t == DT_BF16 ? 0x1p-7 : 0x1p-10; }
-static double dt_atol(dtype t) { return t == DT_F32 ? 0x1p-149 : t == DT_BF16 ? 0x1p-133 : 0x1p-24; }
-
-static void encode(void *dst, const float *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) { memcpy((float *)dst + i, &src[i], 4); continue; }
-        uint16_t h;
-        if (t == DT_BF16) {                         // round to nearest even (test data is finite)
-            uint32_t u;
-            memcpy(&u, &src[i], 4);
-            h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        } else {
-            _Float16 f = (_Float16)src[i];
-            memcpy(&h, &f, 2);
-        }
-        memcpy((uint16_t *)dst + i, &h, 2);
-    }
-}
-
-static void decode(float *dst, const void *src, size_t n, dtype t)
-{
-    for (size_t i = 0; i < n; ++i) {
-        if (t == DT_F32) { memcpy(&dst[i], (const float *)src + i, 4); continue; }
-        uint16_t h;
-        memcpy(&h, (const uint16_t *)src + i, 2);
-        if (t == DT_BF16) {
-            uint32_t u = (uint32_t)h << 16;
-            memcpy(&dst[i], &u, 4);
-        } else {
-            _Float16 f;
-            memcpy(&f, &h, 2);
-            dst[i] = (float)f;
-        }
-    }
-}
-
-/* Rounds x in place to the storage type and returns a device copy in that type. */
-static void *upload(float *x, size_t n, dtype t)
-{
-    void *host = xcalloc(n, dt_size(t)), *dev;
-    encode(host, x, n, t);
-    decode(x, host, n, t);
-    CUDA_CHECK(cudaMalloc(&dev, n * dt_size(t) + 1));
-    CUDA_CHECK(cudaMemcpy(dev, host, n * dt_size(t), cudaMemcpyHostToDevice));
-    free(host);
-    return dev;
-}
-
-static void *upload_raw(const void *host, size_t bytes)
-{
-    void *dev;
-    CUDA_CHECK(cudaMalloc(&dev, bytes + 1));
-    CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
-    return dev;
-}
-
-static void download(float *x, const void *dev, size_t n, dtype t)
-{
-    void *host = xcalloc(n, dt_size(t));
-    CUDA_CHECK(cudaMemcpy(host, dev, n * dt_size(t), cudaMemcpyDeviceToHost));
-    decode(x, host, n, t);
-    free(host);
-}
 
 static int rand_int(test_rng *rng, int n) { return (int)(rng_next(rng) % (uint64_t)n); }
 
