@@ -69,8 +69,11 @@ ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens,
     adapter_store_init(&wk->store, &wk->w.cfg, wk->w.tp_rank, wk->w.tp_size, page_floats, wk->adapter_cache_bytes);
     ls_status st;
 #ifdef LORASERVE_HAVE_CUDA
-    if (wk->cuda) st = cuda_forward_start(wk->cuda, n_pages, page_tokens, max_tokens, err);
-    else
+    if (wk->cuda) {
+        // Adapters on the GPU: their rows go to the device pool; the host store keeps the registry.
+        st = cuda_forward_start(wk->cuda, n_pages, page_tokens, max_tokens, err);
+        if (st == LS_OK) st = cuda_forward_lora_start(wk->cuda, &wk->store, wk->adapter_cache_bytes, err);
+    } else
 #endif
     st = forward_init(&wk->fwd, &wk->w, &wk->col, &wk->store, n_pages, page_tokens, max_tokens, err);
     if (st != LS_OK) return st;
@@ -101,17 +104,26 @@ static void handle_register(worker *wk, channel *ch, const plan *p)
 {
     ls_error err = { 0 };
     channel_report rep = { .code = LS_OK };
-    if (wk->cuda) {
-        rep.code = LS_UNIMPLEMENTED;
-        snprintf(rep.msg, sizeof rep.msg, "LoRA adapters are not served by the CUDA backend yet (use --backend cpu)");
-    } else if (adapter_store_register(&wk->store, p->h.arg, p->bytes, wk->model_name, wk->allow_base_mismatch, &err) != LS_OK) {
+    if (adapter_store_register(&wk->store, p->h.arg, p->bytes, wk->model_name, wk->allow_base_mismatch, &err) !=
+        LS_OK) {
         rep.code = err.code;
         snprintf(rep.msg, sizeof rep.msg, "%.*s", (int)sizeof rep.msg - 1, err.msg);
     }
     channel_gather_reports(ch, &rep, NULL);
 }
 
-/* Copies the step's new adapters into their pages and points every listed adapter at its pages. */
+/* Forgets slot id on this rank: the host store's entry and, on the GPU, its hot shard and descriptors
+ * (the slot may next hold another adapter). */
+static void handle_drop(worker *wk, int32_t id)
+{
+#ifdef LORASERVE_HAVE_CUDA
+    if (wk->cuda) cuda_lora_drop(&wk->cuda->lora, id);
+#endif
+    adapter_store_drop(&wk->store, id);
+}
+
+/* CPU backend: copies the step's new adapters into their pages and points every listed adapter at its
+ * pages (the CUDA backend does this inside cuda_forward_step, on its copy stream). */
 static void place_adapters(worker *wk, const plan *p)
 {
     for (int i = 0; i < p->h.n_adapters; i++) {
@@ -131,7 +143,7 @@ ls_status worker_forward(worker *wk, const plan *p, ls_error *err)
 {
 #ifdef LORASERVE_HAVE_CUDA
     if (wk->cuda) {
-        if (!p->h.n_seqs) return LS_OK;
+        if (!p->h.n_seqs && !p->h.n_adapters) return LS_OK;
         return cuda_forward_step(wk->cuda, p, wk->sampled, wk->keep_logits ? wk->logits : NULL, err);
     }
 #endif
@@ -150,7 +162,7 @@ void worker_serve(worker *wk, channel *ch)
         plan_cmd cmd = channel_recv_plan(ch, &p);
         if (cmd == PLAN_SHUTDOWN) break;
         if (cmd == PLAN_ADAPTER_REGISTER) { handle_register(wk, ch, &p); continue; }
-        if (cmd == PLAN_ADAPTER_DROP) { adapter_store_drop(&wk->store, p.h.arg); continue; }
+        if (cmd == PLAN_ADAPTER_DROP) { handle_drop(wk, p.h.arg); continue; }
         ls_error err = { 0 };
         if (worker_forward(wk, &p, &err) != LS_OK) {
             // A broken tensor-parallel group cannot finish this step or any later one: end the job so

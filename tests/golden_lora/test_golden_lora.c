@@ -1,11 +1,17 @@
 /* Golden check of multi-LoRA against Hugging Face PEFT: the fixture base model and its adapters
  * (tests/golden_lora, made by make_golden_lora.py) are registered in the worker's adapter store and
- * placed in pool pages; then every (adapter, prompt) case runs greedy steps alone, and all 32 cases run
- * again together in ONE batch (8 adapters of ranks 1..64 incl. rsLoRA, rank/alpha patterns and
+ * given pool pages; then every (adapter, prompt) case runs greedy steps alone, and all 32 cases run
+ * again together in ONE batch (7 adapters of ranks 1..64 incl. rsLoRA, rank/alpha patterns and
  * MLP-only, mixed with the base model), under mpirun with T workers. Logits must match PEFT's within
- * golden_util.h's tolerance and greedy tokens exactly. */
+ * golden_util.h's tolerance and greedy tokens exactly.
+ * Steps go through worker_forward with plans as the coordinator builds them: every adapter a sequence
+ * uses is listed (plan_adapter), with copy = 1 on the first step of each run (a re-copy into the same
+ * pages from the second run on) and copy = 0 after, so the copy-in path of the backend is the one
+ * checked. LORASERVE_BACKEND=cuda (with LORASERVE_CUDA_DTYPE=f32 for these tolerances) checks the GPU
+ * path; the default is the CPU. */
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/json.h"
@@ -68,8 +74,15 @@ static int load(lora_golden *g, const char *dir)
     return 0;
 }
 
-/* Registers every adapter under slot = its index and places it in pages from the top of the pool. */
-static int place_adapters(worker *wk, const lora_golden *g, const char *dir, int *next_page, int32_t *pages)
+/* Where each adapter's rows live: pages from the top of the pool, as the coordinator would give. */
+typedef struct placement {
+    int32_t *pages[MAX_ADAPTERS];
+    int n_pages[MAX_ADAPTERS];
+} placement;
+
+/* Registers every adapter under slot = its index (what a PLAN_ADAPTER_REGISTER does on each rank) and
+ * reserves its pages; the rows are copied in by the first step that lists it. */
+static int register_adapters(worker *wk, const lora_golden *g, const char *dir, int *next_page, placement *pl)
 {
     for (int i = 0; i < g->n_adapters; i++) {
         char path[4200];
@@ -80,18 +93,28 @@ static int place_adapters(worker *wk, const lora_golden *g, const char *dir, int
             return -1;
         }
         int n = lora_layout_pages(&wk->w.cfg, &wk->store.slots[i]->peft.shape, wk->w.tp_size, wk->store.page_floats);
-        for (int k = 0; k < n; k++) pages[k] = (*next_page)--;
-        if (adapter_store_place(&wk->store, i, pages, n, wk->fwd.kv.pool, wk->fwd.kv.page_stride, 1, &err) != LS_OK) {
-            fprintf(stderr, "r%d: place %s: %s\n", wk->col.rank, g->adapter_name[i], err.msg);
-            return -1;
-        }
+        pl->n_pages[i] = n;
+        pl->pages[i] = ls_xcalloc((size_t)n, sizeof *pl->pages[i]);
+        for (int k = 0; k < n; k++) pl->pages[i][k] = (*next_page)--;
     }
     return 0;
 }
 
+/* Lists every adapter the plan's sequences use, once, with the copy flag of this step. */
+static void add_adapters(plan *p, const placement *pl, int copy)
+{
+    int listed[MAX_ADAPTERS] = { 0 };
+    for (int s = 0; s < p->h.n_seqs; s++) {
+        int a = p->seqs[s].adapter;
+        if (a < 0 || listed[a]) continue;
+        listed[a] = 1;
+        plan_add_adapter(p, a, pl->pages[a], pl->n_pages[a], copy);
+    }
+}
+
 /* Runs cases [first, first+count) together, greedy with teacher forcing; checks on worker rank 0. */
-static void run_cases(worker *wk, const lora_golden *g, int first, int count, int page_tokens, int *next_page,
-                      const char *label)
+static void run_cases(worker *wk, const lora_golden *g, const placement *pl, int first, int count, int page_tokens,
+                      int *next_page, const char *label)
 {
     golden_seq *s = ls_xcalloc((size_t)count, sizeof *s);
     int V = wk->w.cfg.vocab_size, rank = wk->col.rank, tokens_ok = 1;
@@ -107,8 +130,13 @@ static void run_cases(worker *wk, const lora_golden *g, int first, int count, in
     for (int step = 0; step < g->max_new; step++) {
         plan_reset(&p, PLAN_STEP, (uint64_t)step);
         for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
-        forward_step(&wk->fwd, &p, wk->logits);
-        if (rank == 0) worker_sample(wk, &p, wk->logits, ids);
+        add_adapters(&p, pl, step == 0);
+        ls_error err = { 0 };
+        if (worker_forward(wk, &p, &err) != LS_OK) {
+            fprintf(stderr, "r%d: step failed: %s\n", rank, err.msg);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        if (rank == 0) memcpy(ids, wk->sampled, (size_t)count * sizeof *ids);
         MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
         for (int i = 0; i < count; i++) {
             if (rank == 0) {
@@ -144,25 +172,29 @@ int main(int argc, char **argv)
     ls_error err = { 0 };
     char base[4200];
     snprintf(base, sizeof base, "%s/base", argv[1]);
+    const char *backend = getenv("LORASERVE_BACKEND") ? getenv("LORASERVE_BACKEND") : "cpu";
     int page_tokens = 4, n_pages = 4096, next_page = n_pages - 1;
-    int32_t *pages = ls_xcalloc((size_t)n_pages, sizeof *pages);
-    if (load(&g, argv[1]) != 0 || worker_load(&wk, base, MPI_COMM_WORLD, "cpu", &err) != LS_OK ||
-        worker_start(&wk, n_pages, page_tokens, 1024, &err) != LS_OK || place_adapters(&wk, &g, argv[1], &next_page, pages)) {
+    placement pl;
+    memset(&pl, 0, sizeof pl);
+    if (load(&g, argv[1]) != 0 || worker_load(&wk, base, MPI_COMM_WORLD, backend, &err) != LS_OK ||
+        worker_start(&wk, n_pages, page_tokens, 1024, &err) != LS_OK ||
+        register_adapters(&wk, &g, argv[1], &next_page, &pl)) {
         fprintf(stderr, "r%d: cannot set up %s: %s\n", rank, argv[1], err.msg);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    if (rank == 0) TAP_DIAG("%s at TP=%d: %d adapters, %d cases x %d greedy steps", argv[1], size, g.n_adapters,
-                            g.n_cases, g.max_new);
+    wk.keep_logits = 1;
+    if (rank == 0) TAP_DIAG("%s (%s backend) at TP=%d: %d adapters, %d cases x %d greedy steps", argv[1],
+                            wk.cuda ? "cuda" : "cpu", size, g.n_adapters, g.n_cases, g.max_new);
     char label[128];
     for (int i = 0; i < g.n_cases; i++) {
         int a = g.cases[i].adapter;
         snprintf(label, sizeof label, "%s, prompt %d alone", a < 0 ? "base" : g.adapter_name[a], g.cases[i].prompt);
-        run_cases(&wk, &g, i, 1, page_tokens, &next_page, label);
+        run_cases(&wk, &g, &pl, i, 1, page_tokens, &next_page, label);
     }
-    run_cases(&wk, &g, 0, g.n_cases, page_tokens, &next_page, "all cases in one mixed-adapter batch");
+    run_cases(&wk, &g, &pl, 0, g.n_cases, page_tokens, &next_page, "all cases in one mixed-adapter batch");
     worker_free(&wk);
     st_close(g.logits);
-    free(pages);
+    for (int i = 0; i < g.n_adapters; i++) free(pl.pages[i]);
     int rc = rank == 0 ? tap_done() : 0;
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     MPI_Finalize();

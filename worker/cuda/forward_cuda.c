@@ -1,4 +1,4 @@
-/* CUDA forward pass over a step plan (see forward_cuda.h). */
+/* CUDA forward pass over a step plan (see forward_cuda.h); the LoRA parts live in lora_cuda.c. */
 #include "worker/cuda/forward_cuda.h"
 
 #include <math.h>
@@ -103,10 +103,13 @@ static size_t scratch_bytes(const cuda_forward *f, int max_tokens, size_t *attn,
 int cuda_forward_pool_capacity(cuda_forward *f, int page_tokens, int max_tokens, size_t cap_bytes)
 {
     const model_config *c = &f->w->cfg;
-    size_t page = (size_t)page_tokens * c->n_layers * 2 * f->w->n_kv_heads_local * c->head_dim * f->esz;
+    size_t elems = (size_t)page_tokens * c->n_layers * 2 * f->w->n_kv_heads_local * c->head_dim;
+    size_t lora_fixed, lora_page;   // what cuda_forward_lora_start will take, so the pool leaves it free
+    cuda_lora_device_bytes(c, f->w->tp_rank, f->w->tp_size, elems, max_tokens, &lora_fixed, &lora_page);
+    size_t page = elems * f->esz + lora_page;
     size_t free_b = 0, total = 0, attn, sample;
     CU_CHECK(cudaMemGetInfo(&free_b, &total));
-    size_t keep = scratch_bytes(f, max_tokens, &attn, &sample) + total / 20;   // scratch + 5% for libraries
+    size_t keep = scratch_bytes(f, max_tokens, &attn, &sample) + lora_fixed + total / 20;   // + 5% for libraries
     size_t avail = free_b > keep ? free_b - keep : 0;
     if (avail > cap_bytes) avail = cap_bytes;
     size_t n = avail / page;
@@ -172,6 +175,12 @@ ls_status cuda_forward_start(cuda_forward *f, int n_pages, int page_tokens, int 
     return LS_OK;
 }
 
+ls_status cuda_forward_lora_start(cuda_forward *f, const adapter_store *store, size_t hot_bytes, ls_error *err)
+{
+    return cuda_lora_start(&f->lora, store, &f->w->cfg, f->w->tp_rank, f->w->tp_size, f->dt, f->pool, f->page_elems,
+                           f->n_pages, f->max_tokens, f->stream, &f->nc, hot_bytes, err);
+}
+
 /* The step's index arrays, packed in one pinned buffer and sent with one copy. */
 typedef struct step_idx {
     int32_t *tokens, *pos, *page, *slot, *seq_start, *seq_n, *seq_tok, *seq_page, *pages, *sel;
@@ -230,6 +239,10 @@ static void layer(cuda_forward *f, const plan *p, const step_idx *x, int l, ls_e
     cudaStream_t s = f->stream;
     KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, L->attn_norm, n, H, c->rms_eps, s);
     gemm(f, f->qkv, blas_type(f->dt), (hq + 2 * hk) * hd, f->xn, L->w_qkv, n, H, (hq + 2 * hk) * hd);
+    // LoRA adds into the q, k and v column slices of the fused rows, before RoPE rotates q and k.
+    static const lora_module qkv[] = { LORA_Q, LORA_K, LORA_V };
+    const int qkv_col0[] = { 0, hq * hd, (hq + hk) * hd };
+    if (cuda_lora_column(&f->lora, l, qkv, 3, f->xn, n, H, f->qkv, (hq + 2 * hk) * hd, qkv_col0, err) != LS_OK) return;
     KERNEL(cuda_qkv_split_rope, f->dt, f->q, f->k, f->v, f->qkv, on_device(f, x->pos), f->inv_freq, n, hq, hk, hd, s);
     KERNEL(cuda_kv_store, f->dt, f->pool, f->k, f->v, on_device(f, x->page), on_device(f, x->slot), n, l,
            f->page_elems, f->layer_stride, f->kv_stride, f->page_tokens, hk, hd, s);
@@ -238,11 +251,17 @@ static void layer(cuda_forward *f, const plan *p, const step_idx *x, int l, ls_e
            on_device(f, x->seq_start), on_device(f, x->seq_n), on_device(f, x->seq_tok), on_device(f, x->seq_page),
            p->h.n_seqs, n, hq, c->sliding_window, 1.0f / sqrtf((float)hd), s);
     gemm(f, f->proj, blas_type(f->dt), H, f->att, L->wo, n, hq * hd, H);
+    // Into this rank's output columns of the partial sum, which the base all-reduce then completes.
+    if (cuda_lora_row(&f->lora, l, LORA_O, f->att, n, hq * hd, f->proj, H, err) != LS_OK) return;
     if (nccl_comm_allreduce_sum(&f->nc, f->proj, (size_t)n * H, nccl_type(f->dt), err) != LS_OK) return;
     KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, L->mlp_norm, n, H, c->rms_eps, s);
     gemm(f, f->gu, blas_type(f->dt), 2 * I, f->xn, L->w_gate_up, n, H, 2 * I);
+    static const lora_module gate_up[] = { LORA_GATE, LORA_UP };
+    const int gate_up_col0[] = { 0, I };
+    if (cuda_lora_column(&f->lora, l, gate_up, 2, f->xn, n, H, f->gu, 2 * I, gate_up_col0, err) != LS_OK) return;
     KERNEL(cuda_swiglu_fused, f->dt, f->act, f->gu, n, I, s);
     gemm(f, f->proj, blas_type(f->dt), H, f->act, L->w_down, n, I, H);
+    if (cuda_lora_row(&f->lora, l, LORA_DOWN, f->act, n, I, f->proj, H, err) != LS_OK) return;
     nccl_comm_allreduce_sum(&f->nc, f->proj, (size_t)n * H, nccl_type(f->dt), err);
 }
 
@@ -270,6 +289,13 @@ ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float 
     const model_config *c = &f->w->cfg;
     int n = p->h.n_tokens, ns = p->h.n_sample, H = c->hidden_size;
     LS_ASSERT(n <= f->max_tokens);
+    // The adapter copies go first, on their own stream, so that they overlap the start of the compute.
+    ls_status lst = cuda_lora_prepare(&f->lora, p, err);
+    if (lst != LS_OK) return lst;
+    if (!p->h.n_seqs) {         // copies only: finish them within the step, as every step does
+        cuda_lora_finish(&f->lora);
+        return nccl_comm_wait(&f->nc, err);
+    }
     step_idx x = pack_indices(f, p, f->h_idx);
     size_t used = (size_t)(x.sel + ns - f->h_idx);
     CU_CHECK(cudaMemcpyAsync(f->d_idx, f->h_idx, used * sizeof(int32_t), cudaMemcpyHostToDevice, f->stream));
@@ -281,6 +307,7 @@ ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float 
     for (int l = 0; l < c->n_layers && !step_err.code; l++) layer(f, p, &x, l, &step_err);
     KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, f->dw.final_norm, n, H, c->rms_eps, f->stream);
     float *L = ns && !step_err.code ? project_logits(f, p, &x, &step_err) : NULL;
+    cuda_lora_finish(&f->lora);     // copies no sequence read still end with the step
     if (L) {
         cuda_sample(f->d_ids, L, ns, c->vocab_size, f->d_params, f->sample_scratch, f->sample_scratch_bytes, f->stream);
         CU_CHECK(cudaMemcpyAsync(f->h_ids, f->d_ids, (size_t)ns * sizeof(int32_t), cudaMemcpyDeviceToHost, f->stream));
@@ -299,6 +326,7 @@ ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float 
 
 void cuda_forward_free(cuda_forward *f)
 {
+    cuda_lora_free(&f->lora);
     void *dev[] = { f->pool, f->x, f->xn, f->proj, f->sel, f->qkv, f->q, f->k, f->v, f->att, f->gu, f->act,
                     f->logits_local, f->logits_all, f->logits, f->inv_freq, f->attn_scratch, f->sample_scratch,
                     f->d_idx, f->d_ids, f->d_params };

@@ -3,7 +3,9 @@
  * projection (fp32 accumulation), our kernels for norms, RoPE, the paged KV cache, attention and
  * sampling, and NCCL for the tensor-parallel sums. The KV pool is one device allocation sized from the
  * free memory left after start-up (capped by --kv-cache-mb), allocated once: nothing is allocated on
- * the request path. Every wait is bounded (nccl_comm_wait): a dead peer fails the step with UNAVAILABLE. */
+ * the request path. LoRA adapters share that pool (lora_cuda.h): their rows are copied into pool pages
+ * on a copy stream and applied, unmerged, right after each fused projection GEMM. Every wait is
+ * bounded (nccl_comm_wait): a dead peer fails the step with UNAVAILABLE. */
 #ifndef LORASERVE_WORKER_CUDA_FORWARD_CUDA_H
 #define LORASERVE_WORKER_CUDA_FORWARD_CUDA_H
 
@@ -13,7 +15,9 @@
 
 #include "common/plan.h"
 #include "common/status.h"
+#include "worker/adapter_store.h"
 #include "worker/cuda/device_weights.h"
+#include "worker/cuda/lora_cuda.h"
 #include "worker/cuda/nccl_comm.h"
 #include "worker/weights.h"
 
@@ -40,6 +44,7 @@ typedef struct cuda_forward {
     size_t idx_cap;             // int32 slots in each
     int32_t *d_ids, *h_ids;     // sampled ids
     void *d_params, *h_params;  // sampling parameters (sample_params layout)
+    cuda_lora lora;             // adapters (off until cuda_forward_lora_start)
 } cuda_forward;
 
 /* Picks the device for this worker (local rank among the node's workers), uploads the weights, creates
@@ -50,8 +55,13 @@ ls_status cuda_forward_init(cuda_forward *f, const model_weights *w, MPI_Comm wo
  * at most cap_bytes worth. */
 int cuda_forward_pool_capacity(cuda_forward *f, int page_tokens, int max_tokens, size_t cap_bytes);
 ls_status cuda_forward_start(cuda_forward *f, int n_pages, int page_tokens, int max_tokens, ls_error *err);
-/* Runs the plan; on TP rank 0 the sampled ids of the sequences with sample = 1 land in ids (and, when
- * logits is not NULL, their rows of logits). */
+/* After cuda_forward_start: serves the adapters of `store` (the worker's host store, whose page floats
+ * must be this pool's page elements) with a pinned hot set of hot_bytes. Without it a plan that uses
+ * adapters fails with FAILED_PRECONDITION. */
+ls_status cuda_forward_lora_start(cuda_forward *f, const adapter_store *store, size_t hot_bytes, ls_error *err);
+/* Runs the plan (its adapter copies first; a plan with no sequences only copies); on TP rank 0 the
+ * sampled ids of the sequences with sample = 1 land in ids (and, when logits is not NULL, their rows of
+ * logits). */
 ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float *logits, ls_error *err);
 void cuda_forward_free(cuda_forward *f);
 
