@@ -24,7 +24,7 @@ from served import Server, Tap, generate  # noqa: E402
 
 MAX_PAGES = 3000
 CACHE_MB = 8
-RSS_LIMIT_MB = 400
+RSS_LIMIT_MB = int(os.environ.get("SCALE_RSS_LIMIT_MB", "400"))   # CUDA ranks hold a context and pinned memory
 
 
 def make_requests(n_adapters, n_requests, vocab):
