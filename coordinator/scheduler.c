@@ -171,10 +171,13 @@ static void schedule_waiting(scheduler *s, plan *p, int *budget)
             int copied = adapter_registry_make_resident(&s->adapters, &s->pool, r->ad, need);
             if (copied < 0) break;
             if (copied) note_copy(s, r->ad);
+            r->ad->running++;       // pinned before evicting for KV: the victim must never be r's own adapter
         }
-        if (adapter_registry_evict(&s->adapters, &s->pool, need) < need) break;
+        if (adapter_registry_evict(&s->adapters, &s->pool, need) < need) {
+            if (r->ad) r->ad->running--;
+            break;
+        }
         LS_ASSERT(grow_pages(s, r, r->n_tokens + 1) == 0);
-        if (r->ad) r->ad->running++;
         queue_remove(&s->waiting, r);
         queue_push_back(&s->running, r);
         r->state = REQ_RUNNING;

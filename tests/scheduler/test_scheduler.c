@@ -210,6 +210,45 @@ static void test_adapters(void)
     scheduler_free(&s);
 }
 
+/* A queued request whose adapter is resident but idle (and the least recently used) needs KV pages that
+ * only an eviction can give: the victim must be another adapter, never the request's own. */
+static void test_own_adapter_not_evicted(void)
+{
+    scheduler s;
+    scheduler_init(&s, &(scheduler_opts){ .n_pages = 12, .page_tokens = 4, .max_batch = 4, .max_step_tokens = 64,
+                                          .max_waiting = 4 }, 0);
+    adapter *a = make_adapter(&s, "a", 4), *b = make_adapter(&s, "b", 4);
+    plan p;
+    plan_init(&p);
+    request *ra = make_request(3, 1), *rb = make_request(3, 1);
+    ra->ad = a; a->active++;
+    rb->ad = b; b->active++;
+    scheduler_submit(&s, ra, NULL);
+    scheduler_build(&s, &p, 1);                 // a resident, ra runs
+    run_step(&s, &p);
+    scheduler_remove(&s, ra);
+    a->active--;
+    scheduler_submit(&s, rb, NULL);
+    scheduler_build(&s, &p, 2);                 // b resident too; a idle and least recently used
+    run_step(&s, &p);
+    scheduler_remove(&s, rb);
+    b->active--;
+    request *rc = make_request(16, 4);          // 5 KV pages; only 4 are free
+    rc->ad = a; a->active++;
+    scheduler_submit(&s, rc, NULL);
+    scheduler_build(&s, &p, 3);
+    int overlap = 0;
+    for (int i = 0; i < rc->n_pages; i++)
+        for (int k = 0; k < a->n_pages; k++) overlap |= rc->pages[i] == a->pages[k];
+    TAP_OK(rc->state == REQ_RUNNING && a->resident && !b->resident && !overlap,
+           "the request's own idle adapter stays resident; the other idle one is evicted for its KV pages");
+    scheduler_remove(&s, rc);
+    a->active--;
+    free_request(ra); free_request(rb); free_request(rc);
+    plan_free(&p);
+    scheduler_free(&s);
+}
+
 int main(void)
 {
     log_init(0, LOG_WARN);
@@ -217,5 +256,6 @@ int main(void)
     test_bounds();
     test_preemption();
     test_adapters();
+    test_own_adapter_not_evicted();
     return tap_done();
 }
