@@ -53,44 +53,19 @@ static int golden_load(golden *g, const char *dir)
 /* Runs prompts [first, first+count) together; checks logits and tokens on rank 0. */
 static void run_batch(worker *wk, golden *g, int first, int count, int page_tokens, int *next_page, const char *label)
 {
-    golden_seq *s = ls_xcalloc((size_t)count, sizeof *s);
-    int V = wk->w.cfg.vocab_size, rank = wk->col.rank;
-    for (int i = 0; i < count; i++)
-        golden_seq_init(&s[i], g->prompt[first + i], g->prompt_len[first + i], g->max_new, page_tokens, next_page);
-    plan p;
-    plan_init(&p);
-    double worst = 0, max_abs = 0;
-    int tokens_ok = 1;
-    int32_t *ids = ls_xcalloc((size_t)count, sizeof *ids);
-    for (int step = 0; step < g->max_new; step++) {
-        plan_reset(&p, PLAN_STEP, (uint64_t)step);
-        for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
-        ls_error err = { 0 };
-        if (worker_forward(wk, &p, &err) != LS_OK) {
-            fprintf(stderr, "r%d: step failed: %s\n", rank, err.msg);
-            MPI_Abort(MPI_COMM_WORLD, 1);
-        }
-        if (rank == 0) memcpy(ids, wk->sampled, (size_t)count * sizeof *ids);
-        MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
-        for (int i = 0; i < count; i++) {
-            char name[32];
-            snprintf(name, sizeof name, "logits.%d", first + i);
-            if (rank == 0) {
-                double w = golden_compare_row(wk->logits + (size_t)i * V, st_find(g->logits, name), step, V, &max_abs);
-                if (!(w <= worst)) worst = w;
-            }
-            if (ids[i] != g->greedy[first + i][step]) tokens_ok = 0;
-            s[i].n_cached = s[i].n_tokens;
-            s[i].tokens[s[i].n_tokens++] = g->greedy[first + i][step];   // teacher forcing: one slip shows once
-        }
+    golden_case *c = ls_xcalloc((size_t)count, sizeof *c);
+    for (int i = 0; i < count; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "logits.%d", first + i);
+        c[i] = (golden_case){ .prompt = g->prompt[first + i], .prompt_len = g->prompt_len[first + i],
+                              .greedy = g->greedy[first + i], .logits = st_find(g->logits, name), .adapter = -1 };
     }
-    if (rank == 0) {
-        TAP_OK(worst <= 1.0, "%s: logits within 1e-4 + 1e-4*|ref| (max |diff| %.3g)", label, max_abs);
-        TAP_OK(tokens_ok, "%s: greedy tokens identical", label);
+    golden_result r = golden_run(wk, c, count, g->max_new, page_tokens, next_page, NULL, NULL);
+    if (wk->col.rank == 0) {
+        TAP_OK(r.worst <= 1.0, "%s: logits within 1e-4 + 1e-4*|ref| (max |diff| %.3g)", label, r.max_abs);
+        TAP_OK(r.tokens_ok, "%s: greedy tokens identical", label);
     }
-    free(ids);
-    free(s);
-    plan_free(&p);
+    free(c);
 }
 
 int main(int argc, char **argv)

@@ -100,62 +100,37 @@ static int register_adapters(worker *wk, const lora_golden *g, const char *dir, 
     return 0;
 }
 
-/* Lists every adapter the plan's sequences use, once, with the copy flag of this step. */
-static void add_adapters(plan *p, const placement *pl, int copy)
+/* Plan hook: lists every adapter the plan's sequences use, once, copied in at the first step of a run. */
+static void add_adapters(void *ctx, plan *p, int step)
 {
+    const placement *pl = ctx;
     int listed[MAX_ADAPTERS] = { 0 };
     for (int s = 0; s < p->h.n_seqs; s++) {
         int a = p->seqs[s].adapter;
         if (a < 0 || listed[a]) continue;
         listed[a] = 1;
-        plan_add_adapter(p, a, pl->pages[a], pl->n_pages[a], copy);
+        plan_add_adapter(p, a, pl->pages[a], pl->n_pages[a], step == 0);
     }
 }
 
 /* Runs cases [first, first+count) together, greedy with teacher forcing; checks on worker rank 0. */
-static void run_cases(worker *wk, const lora_golden *g, const placement *pl, int first, int count, int page_tokens,
+static void run_cases(worker *wk, const lora_golden *g, placement *pl, int first, int count, int page_tokens,
                       int *next_page, const char *label)
 {
-    golden_seq *s = ls_xcalloc((size_t)count, sizeof *s);
-    int V = wk->w.cfg.vocab_size, rank = wk->col.rank, tokens_ok = 1;
+    golden_case *c = ls_xcalloc((size_t)count, sizeof *c);
     for (int i = 0; i < count; i++) {
         int pr = g->cases[first + i].prompt;
-        golden_seq_init(&s[i], g->prompt[pr], g->prompt_len[pr], g->max_new, page_tokens, next_page);
-        s[i].adapter = g->cases[first + i].adapter;
+        c[i] = (golden_case){ .prompt = g->prompt[pr], .prompt_len = g->prompt_len[pr],
+                              .greedy = g->cases[first + i].greedy,
+                              .logits = st_find(g->logits, g->cases[first + i].logits),
+                              .adapter = g->cases[first + i].adapter };
     }
-    plan p;
-    plan_init(&p);
-    double worst = 0, max_abs = 0;
-    int32_t *ids = ls_xcalloc((size_t)count, sizeof *ids);
-    for (int step = 0; step < g->max_new; step++) {
-        plan_reset(&p, PLAN_STEP, (uint64_t)step);
-        for (int i = 0; i < count; i++) golden_seq_add(&p, &s[i], page_tokens);
-        add_adapters(&p, pl, step == 0);
-        ls_error err = { 0 };
-        if (worker_forward(wk, &p, &err) != LS_OK) {
-            fprintf(stderr, "r%d: step failed: %s\n", rank, err.msg);
-            MPI_Abort(MPI_COMM_WORLD, 1);
-        }
-        if (rank == 0) memcpy(ids, wk->sampled, (size_t)count * sizeof *ids);
-        MPI_Bcast(ids, count, MPI_INT32_T, 0, wk->col.comm);
-        for (int i = 0; i < count; i++) {
-            if (rank == 0) {
-                const st_tensor *t = st_find(g->logits, g->cases[first + i].logits);
-                double w = t ? golden_compare_row(wk->logits + (size_t)i * V, t, step, V, &max_abs) : 1e9;
-                if (!(w <= worst)) worst = w;
-            }
-            if (ids[i] != g->cases[first + i].greedy[step]) tokens_ok = 0;
-            s[i].n_cached = s[i].n_tokens;
-            s[i].tokens[s[i].n_tokens++] = g->cases[first + i].greedy[step];
-        }
+    golden_result r = golden_run(wk, c, count, g->max_new, page_tokens, next_page, add_adapters, pl);
+    if (wk->col.rank == 0) {
+        TAP_OK(r.worst <= 1.0, "%s: logits within 1e-4 + 1e-4*|ref| of PEFT (max |diff| %.3g)", label, r.max_abs);
+        TAP_OK(r.tokens_ok, "%s: greedy tokens identical to PEFT", label);
     }
-    if (rank == 0) {
-        TAP_OK(worst <= 1.0, "%s: logits within 1e-4 + 1e-4*|ref| of PEFT (max |diff| %.3g)", label, max_abs);
-        TAP_OK(tokens_ok, "%s: greedy tokens identical to PEFT", label);
-    }
-    free(ids);
-    free(s);
-    plan_free(&p);
+    free(c);
 }
 
 int main(int argc, char **argv)
