@@ -44,6 +44,7 @@ ls_status worker_load(worker *wk, const char *model_dir, MPI_Comm workers, const
     const char *base = strrchr(model_dir, '/');
     snprintf(wk->model_name, sizeof wk->model_name, "%s", base && base[1] ? base + 1 : model_dir);
     wk->adapter_cache_bytes = (size_t)1 << 30;
+    wk->cuda_graphs = 1;
     collective_init(&wk->col, workers, wk->w.vocab_start, wk->w.vocab_local, wk->w.cfg.vocab_size);
     return start_cuda(wk, workers, backend, err);
 }
@@ -73,6 +74,7 @@ ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens,
         // Adapters on the GPU: their rows go to the device pool; the host store keeps the registry.
         st = cuda_forward_start(wk->cuda, n_pages, page_tokens, max_tokens, err);
         if (st == LS_OK) st = cuda_forward_lora_start(wk->cuda, &wk->store, wk->adapter_cache_bytes, err);
+        wk->cuda->graphs.enabled = wk->cuda_graphs;
     } else
 #endif
     st = forward_init(&wk->fwd, &wk->w, &wk->col, &wk->store, n_pages, page_tokens, max_tokens, err);

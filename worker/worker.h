@@ -20,6 +20,7 @@ typedef struct worker {
     char model_name[256];       // the served model's directory name (adapters' base_model_name_or_path)
     int allow_base_mismatch;    // set before worker_start
     size_t adapter_cache_bytes; // hot set of converted shards; set before worker_start
+    int cuda_graphs;            // CUDA: replay decode steps as graphs (default 1); set before worker_start
     struct cuda_forward *cuda;  // the CUDA backend when it runs; NULL = the CPU backend (fwd)
     int keep_logits;            // CUDA: also copy the sampled rows' logits to `logits` (tests)
     float *logits;              // (max_tokens, vocab) on worker rank 0

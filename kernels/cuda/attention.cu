@@ -274,6 +274,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) rows_kernel(attn_args<T> a)
         s_last = atomicAdd(&a.counters[it.split_row * gridDim.y + blockIdx.y], 1) == it.n_splits - 1;
     __syncthreads();
     if (!s_last) return;
+    // Every chunk of this (token, head set) has counted: rearm the counter, so a later call of the step
+    // (the next layer) can reuse the plan without re-zeroing.
+    if (threadIdx.x == 0) a.counters[it.split_row * gridDim.y + blockIdx.y] = 0;
     __threadfence();
     const int ns = it.n_splits;
     if (threadIdx.x < nh) {
@@ -371,7 +374,7 @@ static void launch_rows(const attn_args<T> &a, int gh, dim3 grid, cudaStream_t s
 template <typename T>
 static void paged_attention(T *out, void *scratch, size_t scratch_bytes, const T *q, const T *pool, kv_geom g,
                             seq_arrays sq, int n_seqs, int n_tokens, int n_heads, int window, float scale,
-                            cudaStream_t stream)
+                            bool reuse_plan, cudaStream_t stream)
 {
     assert(n_seqs >= 0 && n_tokens >= 0 && n_heads > 0 && g.n_kv_heads > 0 && n_heads % g.n_kv_heads == 0);
     assert(g.head_dim > 0 && g.head_dim <= 256 && g.page_tokens > 0 && g.layer >= 0 && window >= 0);
@@ -387,8 +390,10 @@ static void paged_attention(T *out, void *scratch, size_t scratch_bytes, const T
     plan_args pa = {sq, reinterpret_cast<row_item *>(base + lay.rows), reinterpret_cast<int2 *>(base + lay.tiles),
                     reinterpret_cast<int *>(base), reinterpret_cast<int *>(base + lay.counters), n_seqs, n_tokens,
                     lay.group, window, rows_all, lay.target, rows_grid, lay.tile_bound, lay.grid_y};
-    plan_kernel<<<1, PLAN_THREADS, 0, stream>>>(pa);
-    CUDA_CHECK(cudaGetLastError());
+    if (!reuse_plan) {
+        plan_kernel<<<1, PLAN_THREADS, 0, stream>>>(pa);
+        CUDA_CHECK(cudaGetLastError());
+    }
 
     attn_args<T> a = {out, q, pool, g, sq, pa.rows, pa.tiles, pa.header, reinterpret_cast<float *>(base + lay.pm),
                       reinterpret_cast<float *>(base + lay.pl), reinterpret_cast<float *>(base + lay.pacc),
@@ -464,11 +469,11 @@ static void kv_store(T *pool, const T *k, const T *v, const int32_t *token_page,
         size_t layer_stride, size_t kv_stride, int page_tokens, int n_kv_heads, int head_dim, int layer, \
         const int32_t *page_table, const int32_t *seq_start_pos, const int32_t *seq_n_tokens, \
         const int32_t *seq_tok_off, const int32_t *seq_page_off, int n_seqs, int n_tokens, int n_heads, int window, \
-        float scale, cudaStream_t stream) \
+        float scale, int reuse_plan, cudaStream_t stream) \
     { \
         paged_attention(CAST(out), scratch, scratch_bytes, CAST(q), CAST(pool), KV_GEOM, \
                         seq_arrays{seq_start_pos, seq_n_tokens, seq_tok_off, seq_page_off, page_table}, n_seqs, \
-                        n_tokens, n_heads, window, scale, stream); \
+                        n_tokens, n_heads, window, scale, reuse_plan != 0, stream); \
     }
 
 KV_STORE_ENTRY(f32, float, AS_F32)

@@ -196,25 +196,27 @@ size_t cuda_paged_attention_scratch_bytes(int max_tokens, int max_seqs, int n_he
  * the storage type before the PV product (as FlashAttention); decode tokens (and f32 prefill) run split-K
  * SIMT in fp32. Deterministic: the same inputs give the same bits. scratch: 16-byte aligned, at least
  * cuda_paged_attention_scratch_bytes(n_tokens, n_seqs, ...) bytes (asserted), owned by the stream for the
- * call. Three launches (two for f32), no allocation, no sync; bad sequence arrays trap the plan kernel. */
+ * call. Three launches (two for f32), no allocation, no sync; bad sequence arrays trap the plan kernel.
+ * reuse_plan = 1 skips the plan kernel: the scratch already holds the plan of an earlier call of the same
+ * step (same sequence arrays and counts, another layer), which is how a forward pass plans once per step. */
 void cuda_paged_attention_f32(float *out, void *scratch, size_t scratch_bytes, const float *q, const float *pool,
                               size_t page_stride, size_t layer_stride, size_t kv_stride, int page_tokens,
                               int n_kv_heads, int head_dim, int layer, const int32_t *page_table,
                               const int32_t *seq_start_pos, const int32_t *seq_n_tokens, const int32_t *seq_tok_off,
                               const int32_t *seq_page_off, int n_seqs, int n_tokens, int n_heads, int window,
-                              float scale, cudaStream_t stream);
+                              float scale, int reuse_plan, cudaStream_t stream);
 void cuda_paged_attention_bf16(uint16_t *out, void *scratch, size_t scratch_bytes, const uint16_t *q,
                                const uint16_t *pool, size_t page_stride, size_t layer_stride, size_t kv_stride,
                                int page_tokens, int n_kv_heads, int head_dim, int layer, const int32_t *page_table,
                                const int32_t *seq_start_pos, const int32_t *seq_n_tokens, const int32_t *seq_tok_off,
                                const int32_t *seq_page_off, int n_seqs, int n_tokens, int n_heads, int window,
-                               float scale, cudaStream_t stream);
+                               float scale, int reuse_plan, cudaStream_t stream);
 void cuda_paged_attention_f16(uint16_t *out, void *scratch, size_t scratch_bytes, const uint16_t *q,
                               const uint16_t *pool, size_t page_stride, size_t layer_stride, size_t kv_stride,
                               int page_tokens, int n_kv_heads, int head_dim, int layer, const int32_t *page_table,
                               const int32_t *seq_start_pos, const int32_t *seq_n_tokens, const int32_t *seq_tok_off,
                               const int32_t *seq_page_off, int n_seqs, int n_tokens, int n_heads, int window,
-                              float scale, cudaStream_t stream);
+                              float scale, int reuse_plan, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -160,11 +160,14 @@ template <typename A> __device__ __forceinline__ A pick(const A (&arr)[CUDA_LORA
 /* One full wave of the persistent sgmv kernels. */
 template <typename K> inline unsigned wave_blocks(K kernel)
 {
+    static unsigned blocks;     // per kernel; a process drives one device, so the first answer holds
+    if (blocks) return blocks;
     int dev, sms, per_sm;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, TILE_THREADS, 0));
-    return (unsigned)(sms * (per_sm > 0 ? per_sm : 1));
+    blocks = (unsigned)(sms * (per_sm > 0 ? per_sm : 1));
+    return blocks;
 }
 
 #endif

@@ -74,20 +74,20 @@ typedef struct dev_step {
 
 static void launch_attention(dtype t, void *out, void *scratch, size_t bytes, const void *q, const void *pool,
                              const kv_view *kv, const dev_step *d, int n_heads, int window, float scale,
-                             cudaStream_t s)
+                             int reuse_plan, cudaStream_t s)
 {
     if (t == DT_F32)
         cuda_paged_attention_f32(out, scratch, bytes, q, pool, kv->page_stride, kv->layer_stride, kv->kv_stride,
                                  kv->page_tokens, kv->n_kv_heads, kv->head_dim, LAYER, d->table, d->start, d->n,
-                                 d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, s);
+                                 d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, reuse_plan, s);
     else if (t == DT_BF16)
         cuda_paged_attention_bf16(out, scratch, bytes, q, pool, kv->page_stride, kv->layer_stride, kv->kv_stride,
                                   kv->page_tokens, kv->n_kv_heads, kv->head_dim, LAYER, d->table, d->start, d->n,
-                                  d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, s);
+                                  d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, reuse_plan, s);
     else
         cuda_paged_attention_f16(out, scratch, bytes, q, pool, kv->page_stride, kv->layer_stride, kv->kv_stride,
                                  kv->page_tokens, kv->n_kv_heads, kv->head_dim, LAYER, d->table, d->start, d->n,
-                                 d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, s);
+                                 d->tok_off, d->page_off, d->n_seqs, d->n_tokens, n_heads, window, scale, reuse_plan, s);
 }
 
 /* Per output element, from the softmax weights w of its row (double, same rounded inputs):
@@ -203,7 +203,8 @@ static void check_shape(const attn_shape *sh, dtype t, test_rng *rng, cudaStream
            n_hist, n_tokens);
     free(gpool);
 
-    /* Attention on the device (twice, same scratch) vs op_paged_attention per sequence. */
+    /* Attention on the device vs op_paged_attention per sequence; then again on the same scratch reusing
+     * the first call's plan (as the layers of a step do): the split counters must have rearmed. */
     const float scale = (float)(1.0 / sqrt(hd));
     size_t qn = (size_t)n_tokens * qr;
     float *ref = xcalloc(qn, sizeof *ref), *got = xcalloc(qn, sizeof *got), *again = xcalloc(qn, sizeof *again);
@@ -235,7 +236,7 @@ static void check_shape(const attn_shape *sh, dtype t, test_rng *rng, cudaStream
     CUDA_CHECK(cudaMalloc(&scratch, bytes));
     for (int rep = 0; rep < 2; ++rep) {
         CUDA_CHECK(cudaMemset(dout, 0xff, qn * dt_size(t)));
-        launch_attention(t, dout, scratch, bytes, dq, dpool, &kv, &d, sh->n_heads, sh->window, scale, s);
+        launch_attention(t, dout, scratch, bytes, dq, dpool, &kv, &d, sh->n_heads, sh->window, scale, rep, s);
         CUDA_CHECK(cudaStreamSynchronize(s));
         download(rep ? again : got, dout, qn, t);
     }
@@ -247,7 +248,7 @@ static void check_shape(const attn_shape *sh, dtype t, test_rng *rng, cudaStream
     TAP_OK(count_mismatches("attention", got, want, tol, qn) == 0,
            "paged_attention %s, %s: %d seqs, %d tokens, worst error %.3f of tol", dt_names[t], sh->name, N_SEQS,
            n_tokens, worst);
-    TAP_OK(memcmp(got, again, qn * sizeof *got) == 0, "paged_attention %s, %s: second call bit-identical",
+    TAP_OK(memcmp(got, again, qn * sizeof *got) == 0, "paged_attention %s, %s: second call, reusing the plan, bit-identical",
            dt_names[t], sh->name);
 
     CUDA_CHECK(cudaFree(d.table)); CUDA_CHECK(cudaFree(d.start)); CUDA_CHECK(cudaFree(d.n));

@@ -25,6 +25,10 @@ from served import Server, Tap, generate  # noqa: E402
 MAX_PAGES = 3000
 CACHE_MB = 8
 RSS_LIMIT_MB = int(os.environ.get("SCALE_RSS_LIMIT_MB", "400"))   # CUDA ranks hold a context and pinned memory
+# The CPU backend is batch-invariant, so no request may differ there. cuBLAS picks its reduction order by
+# batch shape, so on the GPU a greedy choice between two logits equal to ~1e-6 can go either way; the GPU
+# run allows a handful of such flips (one seen in 2,500: its top two logits differ by 7e-7 on the CPU).
+ALLOW_DIFFER = int(os.environ.get("SCALE_ALLOW_DIFFER", "0"))
 
 
 def make_requests(n_adapters, n_requests, vocab):
@@ -127,8 +131,9 @@ def main():
         stop.set()
         mon.join()
         bad = [i for i in range(len(reqs)) if together[i] != alone[i] or not isinstance(alone[i], list)]
-        t.ok(not bad, '%d requests over %d distinct adapters: identical tokens alone and concurrent (%d differ%s)'
-             % (len(reqs), len({r['adapter'] for r in reqs}), len(bad),
+        broken = [i for i in range(len(reqs)) if not isinstance(alone[i], list) or not isinstance(together[i], list)]
+        t.ok(not broken and len(bad) <= ALLOW_DIFFER, '%d requests over %d distinct adapters: identical tokens alone and '
+             'concurrent (%d differ, %d allowed%s)' % (len(reqs), len({r['adapter'] for r in reqs}), len(bad), ALLOW_DIFFER,
                 ', e.g. #%d %s vs %s' % (bad[0], together[bad[0]], alone[bad[0]]) if bad else ''))
         t.ok(0 < seen['max_resident_pages'] <= MAX_PAGES, 'resident adapters took at most %d of %d pages (max %d resident)'
              % (seen['max_resident_pages'], MAX_PAGES, seen['max_resident']))

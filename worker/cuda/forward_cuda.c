@@ -21,6 +21,11 @@
     do { if ((dt) == DEV_F32) fn##_f32(__VA_ARGS__); else if ((dt) == DEV_BF16) fn##_bf16(__VA_ARGS__); \
          else fn##_f16(__VA_ARGS__); } while (0)
 
+/* cuBLAS's own workspace, given up front: a GEMM captured in a graph must not allocate. */
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+/* Decode-step graphs kept (each batch size and LoRA mix is one). */
+#define GRAPH_CACHE 64
+
 static cudaDataType_t blas_type(dev_dtype t)
 {
     return t == DEV_F32 ? CUDA_R_32F : t == DEV_BF16 ? CUDA_R_16BF : CUDA_R_16F;
@@ -75,6 +80,8 @@ ls_status cuda_forward_init(cuda_forward *f, const model_weights *w, MPI_Comm wo
     CU_CHECK(cudaStreamCreateWithFlags(&f->stream, cudaStreamNonBlocking));
     BLAS_CHECK(cublasCreate(&f->blas));
     BLAS_CHECK(cublasSetStream(f->blas, f->stream));
+    CU_CHECK(cudaMalloc(&f->blas_ws, BLAS_WORKSPACE_BYTES));
+    BLAS_CHECK(cublasSetWorkspace(f->blas, f->blas_ws, BLAS_WORKSPACE_BYTES));
     if ((st = nccl_comm_init(&f->nc, workers, f->stream, timeout_s, err)) != LS_OK) return st;
     int T = f->nc.size;
     f->vocab_counts = ls_xcalloc((size_t)T, sizeof(int));
@@ -172,6 +179,7 @@ ls_status cuda_forward_start(cuda_forward *f, int n_pages, int page_tokens, int 
     f->d_ids = dev_alloc(rows * sizeof(int32_t));
     CU_CHECK(cudaMallocHost(&f->h_params, rows * sizeof(sample_params)));
     f->d_params = dev_alloc(rows * sizeof(sample_params));
+    decode_graphs_init(&f->graphs, GRAPH_CACHE, 1);
     return LS_OK;
 }
 
@@ -249,7 +257,7 @@ static void layer(cuda_forward *f, const plan *p, const step_idx *x, int l, ls_e
     KERNEL(cuda_paged_attention, f->dt, f->att, f->attn_scratch, f->attn_scratch_bytes, f->q, f->pool, f->page_elems,
            f->layer_stride, f->kv_stride, f->page_tokens, hk, hd, l, on_device(f, x->pages),
            on_device(f, x->seq_start), on_device(f, x->seq_n), on_device(f, x->seq_tok), on_device(f, x->seq_page),
-           p->h.n_seqs, n, hq, c->sliding_window, 1.0f / sqrtf((float)hd), s);
+           p->h.n_seqs, n, hq, c->sliding_window, 1.0f / sqrtf((float)hd), l > 0, s);    // planned at layer 0
     gemm(f, f->proj, blas_type(f->dt), H, f->att, L->wo, n, hq * hd, H);
     // Into this rank's output columns of the partial sum, which the base all-reduce then completes.
     if (cuda_lora_row(&f->lora, l, LORA_O, f->att, n, hq * hd, f->proj, H, err) != LS_OK) return;
@@ -284,10 +292,47 @@ static float *project_logits(cuda_forward *f, const plan *p, const step_idx *x, 
     return f->logits;
 }
 
+/* Embedding, the layers and the final norm: the part of a step a decode graph holds. */
+typedef struct step_body {
+    cuda_forward *f;
+    const plan *p;
+    const step_idx *x;
+} step_body;
+
+static void run_body(void *ctx, ls_error *err)
+{
+    const step_body *b = ctx;
+    cuda_forward *f = b->f;
+    const model_config *c = &f->w->cfg;
+    int n = b->p->h.n_tokens, H = c->hidden_size;
+    KERNEL(cuda_embedding, f->dt, f->x, on_device(f, b->x->tokens), f->dw.embed, n, H, f->stream);
+    CU_CHECK(cudaMemsetAsync(f->proj, 0, (size_t)n * H * f->esz, f->stream));
+    for (int l = 0; l < c->n_layers && !err->code; l++) layer(f, b->p, b->x, l, err);
+    KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, f->dw.final_norm, n, H, c->rms_eps, f->stream);
+}
+
+/* Decode steps (every sequence brings one token) go through a graph of their shape; others run eagerly. */
+static ls_status body(cuda_forward *f, const plan *p, const step_idx *x, ls_error *err)
+{
+    step_body b = { f, p, x };
+    int decode = f->graphs.enabled;
+    for (int s = 0; s < p->h.n_seqs && decode; s++) decode = p->seqs[s].n_tokens == 1;
+    if (!decode) {
+        run_body(&b, err);
+        return (ls_status)err->code;
+    }
+    cuda_lora_finish(&f->lora);     // a graph cannot wait on this step's copies: the stream waits before it
+    const cuda_lora *L = &f->lora;
+    decode_graph_key key = { .n_tokens = p->h.n_tokens, .n_seqs = p->h.n_seqs,
+                             .lora_max_rank = L->active ? (L->max_rank > 0 ? L->max_rank : 1) : 0,
+                             .lora_slots = L->any, .n_slots = f->w->cfg.n_layers * LORA_N_MODULES };
+    return decode_graphs_run(&f->graphs, &key, f->stream, run_body, &b, err);
+}
+
 ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float *logits, ls_error *err)
 {
     const model_config *c = &f->w->cfg;
-    int n = p->h.n_tokens, ns = p->h.n_sample, H = c->hidden_size;
+    int n = p->h.n_tokens, ns = p->h.n_sample;
     LS_ASSERT(n <= f->max_tokens);
     // The adapter copies go first, on their own stream, so that they overlap the start of the compute.
     ls_status lst = cuda_lora_prepare(&f->lora, p, err);
@@ -302,10 +347,7 @@ ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float 
     CU_CHECK(cudaMemcpyAsync(f->d_params, f->h_params, (size_t)ns * sizeof(sample_params), cudaMemcpyHostToDevice,
                              f->stream));
     ls_error step_err = { 0 };
-    KERNEL(cuda_embedding, f->dt, f->x, on_device(f, x.tokens), f->dw.embed, n, H, f->stream);
-    CU_CHECK(cudaMemsetAsync(f->proj, 0, (size_t)n * H * f->esz, f->stream));
-    for (int l = 0; l < c->n_layers && !step_err.code; l++) layer(f, p, &x, l, &step_err);
-    KERNEL(cuda_add_rmsnorm, f->dt, f->x, f->xn, f->proj, f->dw.final_norm, n, H, c->rms_eps, f->stream);
+    body(f, p, &x, &step_err);
     float *L = ns && !step_err.code ? project_logits(f, p, &x, &step_err) : NULL;
     cuda_lora_finish(&f->lora);     // copies no sequence read still end with the step
     if (L) {
@@ -327,7 +369,8 @@ ls_status cuda_forward_step(cuda_forward *f, const plan *p, int32_t *ids, float 
 void cuda_forward_free(cuda_forward *f)
 {
     cuda_lora_free(&f->lora);
-    void *dev[] = { f->pool, f->x, f->xn, f->proj, f->sel, f->qkv, f->q, f->k, f->v, f->att, f->gu, f->act,
+    decode_graphs_free(&f->graphs);
+    void *dev[] = { f->blas_ws, f->pool, f->x, f->xn, f->proj, f->sel, f->qkv, f->q, f->k, f->v, f->att, f->gu, f->act,
                     f->logits_local, f->logits_all, f->logits, f->inv_freq, f->attn_scratch, f->sample_scratch,
                     f->d_idx, f->d_ids, f->d_params };
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)

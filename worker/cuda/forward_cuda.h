@@ -5,7 +5,8 @@
  * free memory left after start-up (capped by --kv-cache-mb), allocated once: nothing is allocated on
  * the request path. LoRA adapters share that pool (lora_cuda.h): their rows are copied into pool pages
  * on a copy stream and applied, unmerged, right after each fused projection GEMM. Every wait is
- * bounded (nccl_comm_wait): a dead peer fails the step with UNAVAILABLE. */
+ * bounded (nccl_comm_wait): a dead peer fails the step with UNAVAILABLE. Decode steps (one token per
+ * sequence) are replayed as CUDA graphs (decode_graph.h); attention is planned once per step. */
 #ifndef LORASERVE_WORKER_CUDA_FORWARD_CUDA_H
 #define LORASERVE_WORKER_CUDA_FORWARD_CUDA_H
 
@@ -16,6 +17,7 @@
 #include "common/plan.h"
 #include "common/status.h"
 #include "worker/adapter_store.h"
+#include "worker/cuda/decode_graph.h"
 #include "worker/cuda/device_weights.h"
 #include "worker/cuda/lora_cuda.h"
 #include "worker/cuda/nccl_comm.h"
@@ -45,6 +47,8 @@ typedef struct cuda_forward {
     int32_t *d_ids, *h_ids;     // sampled ids
     void *d_params, *h_params;  // sampling parameters (sample_params layout)
     cuda_lora lora;             // adapters (off until cuda_forward_lora_start)
+    decode_graphs graphs;       // decode steps replayed as CUDA graphs (graphs.enabled may be cleared)
+    void *blas_ws;              // cuBLAS workspace: fixed, so captured GEMMs never allocate
 } cuda_forward;
 
 /* Picks the device for this worker (local rank among the node's workers), uploads the weights, creates

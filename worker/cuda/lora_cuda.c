@@ -115,8 +115,14 @@ ls_status cuda_lora_start(cuda_lora *L, const adapter_store *store, const model_
         (st = alloc_pinned((void **)&L->h_step, L->step_cap, "LoRA segment tables", err)) ||
         (st = alloc_device((void **)&L->d_step, L->step_cap, "LoRA segment tables", err)) ||
         (st = alloc_device((void **)&L->v, (size_t)max_tokens * 3 * CUDA_LORA_MAX_RANK * sizeof(float),
-                           "LoRA shrink outputs", err)))
+                           "LoRA shrink outputs", err)) ||
+        (st = alloc_device((void **)&L->token_seg, (size_t)max_tokens * sizeof(int32_t), "LoRA token table", err)))
         return st;
+    // Decode steps have one token per segment, so token i's table entry is segment i's: a fixed identity.
+    int32_t *ident = ls_xmalloc((size_t)max_tokens * sizeof *ident);
+    for (int i = 0; i < max_tokens; i++) ident[i] = i;
+    CU_CHECK(cudaMemcpy(L->token_seg, ident, (size_t)max_tokens * sizeof *ident, cudaMemcpyHostToDevice));
+    free(ident);
     L->any = ls_xcalloc((size_t)n_slots(cfg), 1);
     L->on = 1;
     return LS_OK;
@@ -382,6 +388,7 @@ static void build_tables(cuda_lora *L, const plan *p)
         }
     }
     seg[S] = p->h.n_tokens;
+    L->decode = p->h.n_tokens == S;
     L->v_stride = (L->max_rank + 3) & ~3;       // 16-byte rows of v
     LS_ASSERT(L->max_rank <= CUDA_LORA_MAX_RANK);
     CU_CHECK(cudaMemcpyAsync(L->d_step, L->h_step, tab_off + (size_t)n_slot * S * sizeof(void *),
@@ -434,6 +441,34 @@ void cuda_lora_finish(cuda_lora *L)
 
 /* ---- the forward calls -------------------------------------------------------------------------- */
 
+/* Shrink and expand in the step's form: MBGMV when every segment is one token (a decode step: a block
+ * per token streams its adapter's rows, a few round trips whatever the rank), SGMV tiles otherwise. */
+static void shrink(cuda_lora *L, const cuda_lora_shrink_out *outs, int k, const void *x, int in)
+{
+    if (L->decode)
+        KERNEL(cuda_lora_shrink_bgmv_multi, L->dt, outs, k, x, in, L->token_seg, L->n_segs, L->max_rank, L->compute);
+    else
+        KERNEL(cuda_lora_shrink_sgmv_multi, L->dt, outs, k, x, in, seg_start(L), L->n_segs, L->max_rank, L->compute);
+}
+
+static void expand(cuda_lora *L, void *y, int y_stride, int col0, int out, const float *v,
+                   const cuda_lora_rows *const *rows)
+{
+    if (L->decode)
+        KERNEL(cuda_lora_expand_bgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, L->token_seg, L->n_segs, rows,
+               L->max_rank, L->compute);
+    else
+        KERNEL(cuda_lora_expand_sgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, seg_start(L), L->n_segs, rows,
+               L->max_rank, L->compute);
+}
+
+/* v must be zero outside each rank's own columns for the all-reduce to assemble it; with one rank the
+ * shrink writes every column the expand reads. */
+static void clear_v(cuda_lora *L, size_t floats)
+{
+    if (L->tp_size > 1) CU_CHECK(cudaMemsetAsync(L->v, 0, floats * sizeof(float), L->compute));
+}
+
 ls_status cuda_lora_column(cuda_lora *L, int layer, const lora_module *mods, int n_mods, const void *x, int n,
                            int in, void *y, int y_stride, const int *y_col0, ls_error *err)
 {
@@ -450,15 +485,14 @@ ls_status cuda_lora_column(cuda_lora *L, int layer, const lora_module *mods, int
     }
     if (!k) return LS_OK;
     cuda_lora_finish(L);
-    CU_CHECK(cudaMemsetAsync(L->v, 0, (size_t)k * block * sizeof(float), L->compute));
-    KERNEL(cuda_lora_shrink_sgmv_multi, L->dt, outs, k, x, in, seg_start(L), L->n_segs, L->max_rank, L->compute);
+    clear_v(L, (size_t)k * block);
+    shrink(L, outs, k, x, in);
     // Each rank wrote its own columns of the rank dim (zeros elsewhere): one sum completes every module.
     ls_status st = nccl_comm_allreduce_sum(L->nc, L->v, (size_t)k * block, ncclFloat32, err);
     if (st != LS_OK) return st;
     for (int j = 0; j < k; j++) {
         lora_module_dims d = lora_module_shard(L->cfg, mods[which[j]], 1, L->tp_rank, L->tp_size);
-        KERNEL(cuda_lora_expand_sgmv, L->dt, y, y_stride, y_col0[which[j]], d.out_local, outs[j].v, L->v_stride,
-               seg_start(L), L->n_segs, outs[j].rows, L->max_rank, L->compute);
+        expand(L, y, y_stride, y_col0[which[j]], d.out_local, outs[j].v, outs[j].rows);
     }
     return LS_OK;
 }
@@ -471,14 +505,13 @@ ls_status cuda_lora_row(cuda_lora *L, int layer, lora_module m, const void *x, i
     LS_ASSERT(n <= L->max_tokens);
     cuda_lora_finish(L);
     size_t block = (size_t)n * (size_t)L->v_stride;
-    CU_CHECK(cudaMemsetAsync(L->v, 0, block * sizeof(float), L->compute));
-    KERNEL(cuda_lora_shrink_sgmv, L->dt, L->v, L->v_stride, x, in_local, seg_start(L), L->n_segs, table(L, slot),
-           L->max_rank, L->compute);
+    clear_v(L, block);
+    cuda_lora_shrink_out out = { .v = L->v, .v_stride = L->v_stride, .rows = table(L, slot) };
+    shrink(L, &out, 1, x, in_local);
     ls_status st = nccl_comm_allreduce_sum(L->nc, L->v, block, ncclFloat32, err);
     if (st != LS_OK) return st;
     lora_module_dims d = lora_module_shard(L->cfg, m, 1, L->tp_rank, L->tp_size);
-    KERNEL(cuda_lora_expand_sgmv, L->dt, y, y_stride, d.out_offset, d.out_local, L->v, L->v_stride, seg_start(L),
-           L->n_segs, table(L, slot), L->max_rank, L->compute);
+    expand(L, y, y_stride, d.out_offset, d.out_local, L->v, out.rows);
     return LS_OK;
 }
 
@@ -495,7 +528,7 @@ void cuda_lora_free(cuda_lora *L)
         free(L->ent[i].hot);
     }
     void *pinned[] = { L->hot, L->h_arena, L->h_step };
-    void *dev[] = { L->d_arena, L->d_step, L->v };
+    void *dev[] = { L->d_arena, L->d_step, L->v, L->token_seg };
     for (size_t i = 0; i < sizeof pinned / sizeof pinned[0]; i++)
         if (pinned[i]) cudaFreeHost(pinned[i]);
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)

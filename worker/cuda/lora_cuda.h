@@ -82,6 +82,7 @@ typedef struct cuda_lora {
     size_t step_cap;
     uint8_t *any;               // (n_layers * LORA_N_MODULES): some segment of the step adapts it
     float *v;                   // device, max_tokens * 3 * CUDA_LORA_MAX_RANK
+    int32_t *token_seg;         // device identity 0..max_tokens-1: a decode token's segment
     cuda_lora_entry *ent;
     int n_ent;
     int32_t *step_ids;          // the step's distinct adapters
@@ -90,6 +91,7 @@ typedef struct cuda_lora {
     uint64_t step, clock;
     int active;                 // some sequence uses an adapter
     int n_segs, max_rank, v_stride;
+    int decode;                 // one token per segment: the MBGMV kernels
     int wait_pending;           // copies enqueued: the compute stream must wait before reading the pool
 } cuda_lora;
 
