@@ -211,7 +211,7 @@ static void run_kernel(void *p)
     if (k->which == 0)
         cuda_paged_attention_f16(f->att, f->attn_scratch, f->attn_scratch_bytes, f->q, f->pool, f->page_elems,
                                  f->layer_stride, f->kv_stride, f->page_tokens, hk, hd, 0, d + 4 * B + 4 * B, d + 4 * B,
-                                 d + 5 * B, d + 6 * B, d + 7 * B, B, B, hq, 0, 0.088f, 0, f->stream);
+                                 d + 5 * B, d + 6 * B, d + 7 * B, B, B, hq, 0, 0.088f, 1, f->stream);   // step plan
     else if (k->which == 1)
         cublasGemmEx(f->blas, CUBLAS_OP_T, CUBLAS_OP_N, (hq + 2 * hk) * hd, B, H, &one, f->dw.layers[0].w_qkv,
                      CUDA_R_16F, H, f->xn, CUDA_R_16F, H, &zero, f->qkv, CUDA_R_16F, (hq + 2 * hk) * hd,

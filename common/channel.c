@@ -1,14 +1,17 @@
 /* MPI control channel (see channel.h for why every wait polls). */
 #include "common/channel.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 
 /* Waits spin briefly (a step's reply is often microseconds away), then nap 50 us, and once the wait
  * has lasted ~100 ms (an idle server) nap 2 ms: idle ranks then cost well under 1% of a core. */
 enum { TAG_TOKENS = 17, SPIN_TESTS = 200, SHORT_NAPS = 2000, SHORT_NAP_NS = 50000, LONG_NAP_NS = 2000000 };
+#define WATCH_EVERY_NS 100000000LL
 
 void channel_init(channel *c, MPI_Comm world)
 {
@@ -23,17 +26,102 @@ void channel_free(channel *c)
 {
     free(c->buf);
     free(c->tok_buf);
+    free(c->peer_pids);
     memset(c, 0, sizeof *c);
+}
+
+typedef struct peer_id { int32_t pid; char host[124]; } peer_id;
+
+/* The state letter of /proc/<pid>/stat: 0 when there is no such process. A killed rank stays a zombie
+ * ('Z') until mpirun reaps it, so exists-or-not alone would miss it for a while. */
+static char proc_state(int pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[n] = 0;
+    const char *paren = strrchr(line, ')');     // the command name may itself hold ')' or spaces
+    return paren && paren[1] == ' ' && paren[2] ? paren[2] : 0;
+}
+
+static int proc_gone(int pid)
+{
+    char st = proc_state(pid);
+    return st == 0 || st == 'Z' || st == 'X' || st == 'x';
+}
+
+static void peers_log(const peer_id *all, int n)
+{
+    char line[900];
+    size_t k = 0;
+    for (int i = 0; i < n && k < sizeof line; i++)
+        k += (size_t)snprintf(line + k, sizeof line - k, "%s%d pid %d on %s", i ? ", " : "", i, (int)all[i].pid,
+                              all[i].host);
+    LOG_I("ranks: %s", line);
+}
+
+void channel_peers_record(channel *c)
+{
+    peer_id mine = { .pid = (int32_t)getpid() };
+    if (gethostname(mine.host, sizeof mine.host - 1) != 0) snprintf(mine.host, sizeof mine.host, "?");
+    peer_id *all = c->rank == 0 ? ls_xcalloc((size_t)c->size, sizeof *all) : NULL;
+    MPI_Request r;
+    MPI_CHECK(MPI_Igather(&mine, sizeof mine, MPI_BYTE, all, sizeof mine, MPI_BYTE, 0, c->world, &r));
+    channel_wait(&r);
+    if (c->rank != 0) return;
+    peers_log(all, c->size);
+    c->peer_pids = ls_xcalloc((size_t)c->size, sizeof *c->peer_pids);
+    for (int i = 1; i < c->size; i++)    // watched only when this rank sees that process (same pid namespace)
+        if (!strcmp(all[i].host, mine.host) && !proc_gone(all[i].pid)) c->peer_pids[i] = all[i].pid;
+    free(all);
+}
+
+int channel_peer_lost(const channel *c)
+{
+    for (int i = 1; c->peer_pids && i < c->size; i++)
+        if (c->peer_pids[i] && proc_gone(c->peer_pids[i])) return i;
+    return 0;
+}
+
+static struct { void (*check)(void *, double); void *ctx; } watch;
+
+void channel_watch(void (*check)(void *ctx, double waited_s), void *ctx)
+{
+    watch.check = check;
+    watch.ctx = ctx;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A wait on a dead rank never completes: let the watch judge it. */
+static void watch_check(int64_t start_ns, int64_t *next_ns)
+{
+    int64_t t = mono_ns();
+    if (t < *next_ns) return;
+    *next_ns = t + WATCH_EVERY_NS;
+    watch.check(watch.ctx, (double)(t - start_ns) / 1e9);
 }
 
 void channel_wait(MPI_Request *r)
 {
     const struct timespec short_nap = { 0, SHORT_NAP_NS }, long_nap = { 0, LONG_NAP_NS };
+    int64_t start_ns = 0, next_check_ns = 0;
     for (int i = 0;; i++) {
         int done = 0;
         MPI_CHECK(MPI_Test(r, &done, MPI_STATUS_IGNORE));
         if (done) return;
-        if (i >= SPIN_TESTS) nanosleep(i < SPIN_TESTS + SHORT_NAPS ? &short_nap : &long_nap, NULL);
+        if (i < SPIN_TESTS) continue;
+        if (i == SPIN_TESTS && watch.check) next_check_ns = (start_ns = mono_ns()) + WATCH_EVERY_NS;
+        nanosleep(i < SPIN_TESTS + SHORT_NAPS ? &short_nap : &long_nap, NULL);
+        if (watch.check) watch_check(start_ns, &next_check_ns);
     }
 }
 

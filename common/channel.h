@@ -5,7 +5,12 @@
  * Waiting never spins a core: an idle worker blocked in MPI_Bcast was measured at 100% CPU, which on a
  * small machine starves the coordinator and gRPC. Every wait is a non-blocking operation tested in a
  * loop that sleeps after a short burst of spinning. Because blocking and non-blocking collectives do not
- * match, every rank uses MPI_Ibcast for plans. */
+ * match, every rank uses MPI_Ibcast for plans.
+ *
+ * Open MPI (without fault-tolerance extensions) never reports a dead peer: a wait on it just does not
+ * complete. So rank 0 records every rank's pid and host at start-up and, for the ranks on its own host
+ * (the usual one-node job), can see in the process table that one has gone (channel_peer_lost). Ranks
+ * on other hosts are covered only by the coordinator's step timeout. */
 #ifndef LORASERVE_COMMON_CHANNEL_H
 #define LORASERVE_COMMON_CHANNEL_H
 
@@ -23,10 +28,24 @@ typedef struct channel {
     int32_t *tok_buf;
     int tok_cap;
     int tok_pending;
+    int32_t *peer_pids;         // rank 0: (size) pid of each rank on this host that can be watched, else 0
 } channel;
 
 void channel_init(channel *c, MPI_Comm world);
 void channel_free(channel *c);
+
+/* Every rank: tells rank 0 its pid and host; rank 0 logs them in one line ("ranks: 0 pid P on H, ...")
+ * and keeps the pids of the workers on its own host whose process it can see. */
+void channel_peers_record(channel *c);
+/* Rank 0: a worker rank on this host whose process has exited (killed, crashed), or 0 when all the
+ * watched ones are alive. A few /proc reads: call it at most every ~100 ms. */
+int channel_peer_lost(const channel *c);
+
+/* Rank 0: once a wait of this process has lasted ~100 ms, calls check(ctx, seconds waited) about every
+ * 100 ms, so that the coordinator can judge a wait on a dead or hung worker hopeless and end the job
+ * from inside it (check then does not return). A process-wide hook, because channel_wait is given only
+ * a request: set by the coordinator while it serves; NULL removes it. */
+void channel_watch(void (*check)(void *ctx, double waited_s), void *ctx);
 
 /* Completes r, spinning for a few microseconds and then sleeping between tests. */
 void channel_wait(MPI_Request *r);

@@ -212,15 +212,42 @@ static uint64_t tensor_bytes(const model_tensor *t, st_dtype dtype)
     return (uint64_t)t->shape[0] * (uint64_t)(t->n_dims == 2 ? t->shape[1] : 1) * st_dtype_size(dtype);
 }
 
+/* A tiled tensor repeats one block of TILE_PERIOD values drawn from the tensor's own stream, converted
+ * once: the prime period makes consecutive rows distinct shifts of the block (no rank collapse), and the
+ * bytes go out at disk speed. Only benchmarks ask for it: they need the shape and scale, not i.i.d. values. */
+#define TILE_PERIOD 65521
+#define TILE_REPEAT 64
+
+static ls_status put_tiled(st_writer *w, size_t numel, uint64_t s, float std, st_dtype dtype, ls_error *err)
+{
+    size_t esz = st_dtype_size(dtype), chunk = (size_t)TILE_PERIOD * TILE_REPEAT;
+    float *x = ls_xmalloc(TILE_PERIOD * sizeof *x);
+    unsigned char *buf = ls_xmalloc(chunk * esz);
+    fill_normal(x, TILE_PERIOD, &s, 0.0f, std);
+    for (size_t i = 0; i < TILE_PERIOD; i++) {
+        uint16_t h = dtype == ST_F16 ? st_f32_to_f16(x[i]) : st_f32_to_bf16(x[i]);
+        if (dtype == ST_F32) memcpy(buf + i * esz, &x[i], esz);
+        else memcpy(buf + i * esz, &h, esz);
+    }
+    for (size_t r = 1; r < TILE_REPEAT; r++) memcpy(buf + r * TILE_PERIOD * esz, buf, TILE_PERIOD * esz);
+    ls_status rc = LS_OK;
+    for (size_t done = 0; !rc && done < numel; done += chunk)
+        rc = st_writer_put(w, buf, (numel - done < chunk ? numel - done : chunk) * esz, err);
+    free(x);
+    free(buf);
+    return rc;
+}
+
 /* Generates one tensor in fp32 and narrows it to the file dtype. */
 static ls_status put_tensor(st_writer *w, const model_tensor *t, const model_gen_opts *o, st_dtype dtype,
                             ls_error *err)
 {
     size_t numel = (size_t)(tensor_bytes(t, ST_F32) / 4);
-    float *x = ls_xmalloc(numel * sizeof *x);
     uint64_t s = tensor_seed(o->seed, t->name);
     int norm = t->kind == MODEL_TENSOR_ATTN_NORM || t->kind == MODEL_TENSOR_MLP_NORM ||
                t->kind == MODEL_TENSOR_FINAL_NORM;
+    if (o->tiled && !norm) return put_tiled(w, numel, s, o->init_std, dtype, err);
+    float *x = ls_xmalloc(numel * sizeof *x);
     fill_normal(x, numel, &s, norm ? 1.0f : 0.0f, o->init_std);
     ls_status rc;
     if (dtype == ST_F32) {

@@ -1,5 +1,12 @@
 /* The coordinator's loop (see coordinator.h): gRPC events -> requests -> step plans -> sampled ids ->
- * responses. */
+ * responses. It also watches the workers: a rank that exited, or a step that does not come back in
+ * time, ends the job (every call answered UNAVAILABLE first), because a replica with a dead rank can
+ * never compute again and a supervisor restart is the only repair.
+ *
+ * Open MPI 4's mpirun, when a rank dies, sends SIGTERM to the others about two seconds later and SIGKILL
+ * one second after that (odls_base_sigkill_timeout); orte_abort_on_non_zero_status (default on) does the
+ * same for a non-zero exit. None of this is relied on: on one node the process watch (channel.h) sees
+ * the death within ~100 ms, and the step timeout covers ranks on other nodes and hung ones. */
 #include "coordinator/coordinator.h"
 
 #include <stdio.h>
@@ -7,6 +14,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "coordinator/metrics.h"
 
 typedef struct coordinator {
     const coordinator_opts *o;
@@ -19,7 +27,18 @@ typedef struct coordinator {
     int in_flight;
     int draining;
     coordinator_stats stats;
+    metrics *met;
+    int64_t step_started_ns, step_longest_ns;   // the step in flight; the longest recent one (decays)
+    int64_t stop_ns;                            // when the stop signal was seen
+    int64_t next_watch_ns;
+    char lost[300];                             // why the workers are deemed lost ("" = they are fine)
+    volatile sig_atomic_t *stop;                // set by SIGTERM
 } coordinator;
+
+// A dead worker is looked for this often. On SIGTERM mpirun's SIGKILL follows within about a second, so a
+// step that has not come back DRAIN_STALL_NS after the stop (or 4x the longest recent step, if more) is
+// taken for a lost worker: the calls are answered while the coordinator still can.
+enum { WATCH_EVERY_NS = 100 * 1000 * 1000, DRAIN_STALL_NS = 500 * 1000 * 1000 };
 
 static int64_t now_ns(void)
 {
@@ -30,6 +49,23 @@ static int64_t now_ns(void)
 
 static double secs(int64_t from, int64_t to) { return from && to ? (double)(to - from) / 1e9 : 0; }
 
+static const char *adapter_label(const request *r) { return r->adapter_name[0] ? r->adapter_name : "-"; }
+
+static const char *finish_name(Loraserve__V1__FinishReason f)
+{
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&loraserve__v1__finish_reason__descriptor, (int)f);
+    if (!v) return "?";
+    return strncmp(v->name, "FINISH_REASON_", 14) ? v->name : v->name + 14;
+}
+
+/* A call the engine refused at once (the server answers it): counted and logged like a finish. */
+static void note_refused(coordinator *c, const Loraserve__V1__GenerateRequest *pb, ls_status st, const char *why)
+{
+    metrics_request_done(c->met, st);
+    LOG_I("request %s refused: status=%s adapter=%s why=\"%s\"", pb->request_id && pb->request_id[0] ? pb->request_id : "-",
+          ls_status_name(st), pb->adapter && pb->adapter[0] ? pb->adapter : "-", why);
+}
+
 static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__GenerateRequest *pb, int streaming,
                             int64_t deadline_ms, ls_error *err)
 {
@@ -37,10 +73,14 @@ static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__G
     request *r;
     int parked = 0;
     ls_status st = request_new(&r, &c->lim, pb, err);
-    if (st != LS_OK) return st;
+    if (st != LS_OK) {
+        note_refused(c, pb, st, err->msg);
+        return st;
+    }
     if ((st = adapter_service_attach(&c->svc, r, &parked, err)) == LS_OK && !parked)
         st = scheduler_submit(&c->sched, r, err);
     if (st != LS_OK) {
+        note_refused(c, pb, st, err->msg);
         adapter_service_detach(r);
         request_free(r);
         return st;
@@ -51,7 +91,9 @@ static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__G
     r->deadline_ms = deadline_ms;
     r->t_arrival_ns = now_ns();
     server_call_set_user(call, r);
-    LOG_D("request %s: %d prompt tokens, max_new_tokens %d", r->id, r->n_prompt, r->max_new_tokens);
+    metrics_prompt(c->met, r->n_prompt);
+    LOG_I("request %s admitted: adapter=%s prompt_tokens=%d max_new_tokens=%d stream=%d%s", r->id, adapter_label(r),
+          r->n_prompt, r->max_new_tokens, streaming, parked ? " (waiting for its adapter)" : "");
     return LS_OK;
 }
 
@@ -86,10 +128,28 @@ static void send_delta(request *r)
     r->text[ready] = saved;
 }
 
+/* The request's one "finished" log line: grep-able key=value pairs. */
+static void log_finish(const request *r, ls_status status, const char *why, int64_t t)
+{
+    if (status != LS_OK) {
+        LOG_I("request %s finished: status=%s adapter=%s prompt_tokens=%d completion_tokens=%d total_s=%.3f why=\"%s\"",
+              r->id, ls_status_name(status), adapter_label(r), r->n_prompt, request_generated(r),
+              secs(r->t_arrival_ns, t), why ? why : "");
+        return;
+    }
+    LOG_I("request %s finished: status=OK finish=%s adapter=%s prompt_tokens=%d completion_tokens=%d queue_s=%.3f "
+          "ttft_s=%.3f total_s=%.3f", r->id, finish_name(r->finish), adapter_label(r), r->n_prompt,
+          request_generated(r), secs(r->t_arrival_ns, r->t_scheduled_ns), secs(r->t_arrival_ns, r->t_first_token_ns),
+          secs(r->t_arrival_ns, t));
+}
+
 static void finish_request(coordinator *c, request *r, ls_status status, const char *why)
 {
     scheduler_remove(&c->sched, r);
     adapter_service_detach(r);
+    ls_status final = r->cancelled ? LS_CANCELLED : status;
+    metrics_request_done(c->met, final);
+    log_finish(r, final, r->cancelled ? "cancelled by the client" : why, now_ns());
     if (r->cancelled) {
         server_call_finish(r->call, NULL, LS_CANCELLED, "cancelled");
     } else if (status != LS_OK) {
@@ -150,13 +210,22 @@ static void apply_results(coordinator *c, const int32_t *ids)
     int64_t t = now_ns();
     scheduler_step_done(s);
     c->stats.steps++;
+    metrics_step(c->met, s->n_step);
+    int64_t took = t - c->step_started_ns;
+    c->step_longest_ns = took > c->step_longest_ns ? took : c->step_longest_ns - c->step_longest_ns / 64;
     for (int i = 0, k = 0; i < s->n_step; i++) {
         request *r = s->step[i];
         if (!r->t_scheduled_ns) r->t_scheduled_ns = t;
         if (r->n_cached < r->n_tokens) continue;         // a prefill chunk that did not reach the end
         LS_ASSERT(k < c->plan.h.n_sample);
         int32_t id = ids[k++];
-        if (!r->t_first_token_ns) r->t_first_token_ns = t;
+        if (!r->t_first_token_ns) {
+            r->t_first_token_ns = t;
+            metrics_first_token(c->met, secs(r->t_arrival_ns, t));
+        } else {
+            metrics_next_token(c->met, secs(r->t_last_token_ns, t));
+        }
+        r->t_last_token_ns = t;
         c->stats.tokens_generated++;
         r->finish = request_append(r, &c->lim, id);
         if (r->cancelled) continue;
@@ -171,6 +240,28 @@ static void start_step(coordinator *c)
     channel_tokens_post(c->ch, c->plan.h.n_sample);
     channel_send_plan(c->ch, &c->plan);
     c->in_flight = 1;
+    c->step_started_ns = now_ns();
+}
+
+/* Sets c->lost when a worker rank has exited or the step in flight is overdue; returns 1 then. */
+static int workers_lost(coordinator *c)
+{
+    int64_t t = now_ns();
+    if (t < c->next_watch_ns) return 0;
+    c->next_watch_ns = t + WATCH_EVERY_NS;
+    int rank = channel_peer_lost(c->ch);
+    int64_t waited = c->in_flight ? t - c->step_started_ns : 0;
+    int64_t stall = 4 * c->step_longest_ns > DRAIN_STALL_NS ? 4 * c->step_longest_ns : DRAIN_STALL_NS;
+    if (rank)
+        snprintf(c->lost, sizeof c->lost, "worker rank %d has exited", rank);
+    else if (c->in_flight && c->o->step_timeout_s > 0 && waited > (int64_t)(c->o->step_timeout_s * 1e9))
+        snprintf(c->lost, sizeof c->lost, "the workers did not answer a step for %.1f s", waited / 1e9);
+    else if (c->in_flight && c->stop_ns && t - c->stop_ns > stall && waited > stall)
+        snprintf(c->lost, sizeof c->lost, "the workers did not finish the step in flight after the stop signal");
+    else
+        return 0;
+    LOG_E("%s: answering every call UNAVAILABLE and ending the job", c->lost);
+    return 1;
 }
 
 static void write_port_file(const char *path, int port)
@@ -186,7 +277,9 @@ static void write_port_file(const char *path, int port)
 /* One turn of the loop; returns 0 when the loop should end. */
 static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace_end)
 {
+    if (workers_lost(c)) return 0;
     if (*stop && !c->draining) {
+        c->stop_ns = now_ns();
         LOG_I("stopping: draining %d running and %d waiting requests", c->sched.running.n, c->sched.waiting.n);
         c->draining = 1;
         server_drain(c->srv);
@@ -207,14 +300,88 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
     }
     reap_cancelled(c);
     adapter_service_run(&c->svc, on_adapter_ready, c);
-    start_step(c);
+    // Past the grace no new step starts: under steady load a step is always in flight, so the check
+    // above would otherwise never see a gap and the grace would not bound the drain.
+    if (!c->draining || now_ns() < *grace_end) start_step(c);
     return 1;
+}
+
+/* The workers are gone: health turns NOT_SERVING, every call is answered UNAVAILABLE, and the answers
+ * get a moment to leave before the caller aborts the job. */
+static void answer_lost(coordinator *c)
+{
+    server_drain(c->srv);
+    fail_all(c, LS_UNAVAILABLE, c->lost);
+    int64_t end = now_ns() + DRAIN_STALL_NS;
+    while (server_live_calls(c->srv) > 0 && now_ns() < end) server_poll(c->srv, 10);
+}
+
+/* Called from inside a blocking channel wait (a plan broadcast, an adapter command's reports) that has
+ * lasted a while: a dead worker, the step timeout, or the stop signal with the wait still stuck make it
+ * hopeless. The loop cannot be resumed from here, so answer everyone and end the job. */
+static void on_long_wait(void *ctx, double waited_s)
+{
+    coordinator *c = ctx;
+    int64_t t = now_ns();
+    if (*c->stop && !c->stop_ns) c->stop_ns = t;
+    int rank = channel_peer_lost(c->ch);
+    if (rank)
+        snprintf(c->lost, sizeof c->lost, "worker rank %d has exited", rank);
+    else if (c->o->step_timeout_s > 0 && waited_s > c->o->step_timeout_s)
+        snprintf(c->lost, sizeof c->lost, "the workers did not answer for %.1f s", waited_s);
+    else if (c->stop_ns && t - c->stop_ns > DRAIN_STALL_NS && waited_s * 1e9 > DRAIN_STALL_NS)
+        snprintf(c->lost, sizeof c->lost, "the workers did not answer after the stop signal");
+    else
+        return;
+    LOG_E("%s (during a wait on the workers): answering every call UNAVAILABLE and ending the job", c->lost);
+    answer_lost(c);
+    MPI_Abort(c->ch->world, COORDINATOR_EXIT_WORKERS_LOST);
+}
+
+static void log_totals(const coordinator *c)
+{
+    LOG_I("served %llu requests (%llu failed), %llu tokens in %llu steps, %llu preemptions; adapters: %d "
+          "registered, %llu loads, %llu evictions, %.1f MiB copied",
+          (unsigned long long)c->stats.requests_ok, (unsigned long long)c->stats.requests_failed,
+          (unsigned long long)c->stats.tokens_generated, (unsigned long long)c->stats.steps,
+          (unsigned long long)c->sched.preemptions, c->sched.adapters.n, (unsigned long long)c->sched.adapters.loads,
+          (unsigned long long)c->sched.adapters.evictions, (double)c->sched.adapters.rows_bytes_copied / (1 << 20));
+}
+
+static int serve(coordinator *c, const server_hooks *hooks, volatile sig_atomic_t *stop)
+{
+    const coordinator_opts *o = c->o;
+    ls_error err = { 0 };
+    if (metrics_create(&c->met, o->metrics_listen, &err) != LS_OK) {
+        LOG_E("%s", err.msg);
+        return 1;
+    }
+    if (server_create(&c->srv, &o->server, hooks, &err) != LS_OK) {
+        LOG_E("cannot serve on %s: %s", o->server.listen_addr, err.msg);
+        return 1;
+    }
+    write_port_file(o->port_file, server_port(c->srv));
+    const char *colon = strrchr(o->server.listen_addr, ':');
+    int host_len = colon ? (int)(colon - o->server.listen_addr) : (int)strlen(o->server.listen_addr);
+    printf("loraserve: listening on %.*s:%d\n", host_len, o->server.listen_addr, server_port(c->srv));
+    fflush(stdout);
+    server_set_serving(c->srv, 1);
+    channel_watch(on_long_wait, c);
+    int64_t grace_end = 0;
+    while (loop_once(c, stop, &grace_end)) metrics_publish(c->met, &c->sched, 0);
+    if (c->lost[0]) answer_lost(c);
+    else fail_all(c, LS_UNAVAILABLE, "server is shutting down");
+    metrics_publish(c->met, &c->sched, 1);
+    channel_watch(NULL, NULL);
+    server_destroy(c->srv);
+    log_totals(c);
+    return c->lost[0] ? COORDINATOR_EXIT_WORKERS_LOST : 0;
 }
 
 int coordinator_run(const coordinator_opts *o, const model_config *mc, const tokenizer *tok, channel *ch,
                     volatile sig_atomic_t *stop)
 {
-    coordinator c = { .o = o, .ch = ch };
+    coordinator c = { .o = o, .ch = ch, .stop = stop };
     c.lim = (request_limits){ .model = mc, .tok = tok, .vocab_size = mc->vocab_size,
                               .default_max_new_tokens = o->default_max_new_tokens };
     scheduler_init(&c.sched, &o->sched,
@@ -222,31 +389,12 @@ int coordinator_run(const coordinator_opts *o, const model_config *mc, const tok
     adapter_service_init(&c.svc, &o->adapters, mc, &c.sched, ch);
     plan_init(&c.plan);
     server_hooks hooks = { .ctx = &c, .on_request = on_request, .on_cancel = on_cancel, .on_admin = on_admin };
-    ls_error err = { 0 };
-    int rc = 0;
-    if (server_create(&c.srv, &o->server, &hooks, &err) != LS_OK) {
-        LOG_E("cannot serve on %s: %s", o->server.listen_addr, err.msg);
-        rc = 1;
-    } else {
-        write_port_file(o->port_file, server_port(c.srv));
-        const char *colon = strrchr(o->server.listen_addr, ':');
-        int host_len = colon ? (int)(colon - o->server.listen_addr) : (int)strlen(o->server.listen_addr);
-        printf("loraserve: listening on %.*s:%d\n", host_len, o->server.listen_addr, server_port(c.srv));
-        fflush(stdout);
-        server_set_serving(c.srv, 1);
-        int64_t grace_end = 0;
-        while (loop_once(&c, stop, &grace_end)) {}
-        fail_all(&c, LS_UNAVAILABLE, "server is shutting down");
-        server_destroy(c.srv);
-        LOG_I("served %llu requests (%llu failed), %llu tokens in %llu steps, %llu preemptions; adapters: %d "
-              "registered, %llu loads, %llu evictions, %.1f MiB copied",
-              (unsigned long long)c.stats.requests_ok, (unsigned long long)c.stats.requests_failed,
-              (unsigned long long)c.stats.tokens_generated, (unsigned long long)c.stats.steps,
-              (unsigned long long)c.sched.preemptions, c.sched.adapters.n, (unsigned long long)c.sched.adapters.loads,
-              (unsigned long long)c.sched.adapters.evictions, (double)c.sched.adapters.rows_bytes_copied / (1 << 20));
+    int rc = serve(&c, &hooks, stop);
+    if (rc != COORDINATOR_EXIT_WORKERS_LOST) {   // a lost worker would never take the last plan
+        plan_reset(&c.plan, PLAN_SHUTDOWN, 0);
+        channel_send_plan(ch, &c.plan);
     }
-    plan_reset(&c.plan, PLAN_SHUTDOWN, 0);
-    channel_send_plan(ch, &c.plan);
+    metrics_free(c.met);
     plan_free(&c.plan);
     adapter_service_free(&c.svc);
     scheduler_free(&c.sched);

@@ -21,6 +21,8 @@ typedef struct coordinator_opts {
     const char *port_file;          // "" = none
     int default_max_new_tokens;
     double shutdown_grace_s;
+    double step_timeout_s;          // a step not back by then means a worker is lost; 0 = no limit
+    const char *metrics_listen;     // Prometheus endpoint host:port; "" = none
 } coordinator_opts;
 
 typedef struct coordinator_stats {
@@ -28,8 +30,13 @@ typedef struct coordinator_stats {
     uint64_t ids;               // server-assigned request ids
 } coordinator_stats;
 
+/* Exit code when a worker rank was lost: the caller must end the job (MPI_Abort), because the workers
+ * can no longer take a plan and MPI_Finalize would wait for the dead rank. */
+#define COORDINATOR_EXIT_WORKERS_LOST 3
+
 /* Serves until *stop is set (by SIGTERM), then drains and tells the workers to stop. Returns the
- * process exit code. */
+ * process exit code: 0 after a clean drain, 1 when serving could not start, or
+ * COORDINATOR_EXIT_WORKERS_LOST after answering every call UNAVAILABLE. */
 int coordinator_run(const coordinator_opts *o, const model_config *mc, const tokenizer *tok, channel *ch,
                     volatile sig_atomic_t *stop);
 

@@ -33,7 +33,7 @@ typedef struct request {
     int streaming;
     int cancelled;              // the client went away: finish without sending
     int64_t deadline_ms;        // CLOCK_MONOTONIC, INT64_MAX = none
-    int64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns;
+    int64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns, t_last_token_ns;
 
     int32_t *tokens;            // (cap) prompt then generated ids
     int n_prompt, n_tokens, cap_tokens;

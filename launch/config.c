@@ -59,6 +59,11 @@ static const cfg_entry cfg_table[] = {
       1 << 20, "concurrent calls per client connection" },
     { "shutdown-grace-s", "LORASERVE_SHUTDOWN_GRACE_S", CFG_DOUBLE, F(shutdown_grace_s), "10", 0, 3600,
       "on SIGTERM, seconds in-flight calls may take to finish before they are cancelled" },
+    { "step-timeout-s", "LORASERVE_STEP_TIMEOUT_S", CFG_DOUBLE, F(step_timeout_s), "120", 0, 86400,
+      "a step the workers have not finished after this many seconds ends the job (every call UNAVAILABLE, exit "
+      "non-zero); 0 = no limit" },
+    { "metrics-listen", "LORASERVE_METRICS_LISTEN", CFG_STR, F(metrics_listen), "", 0, 0,
+      "Prometheus metrics over HTTP at host:port/metrics (port 0 picks a free one, logged); empty = off" },
 };
 #define N_CFG (sizeof cfg_table / sizeof cfg_table[0])
 

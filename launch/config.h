@@ -25,6 +25,8 @@ typedef struct ls_config {
     int max_request_bytes;
     int max_concurrent_streams;
     double shutdown_grace_s;
+    double step_timeout_s;          // 0 = no limit
+    const char *metrics_listen;     // "" = no metrics endpoint
     int allow_adapter_base_mismatch;
     int adapter_cache_mb;
     int prefetch_adapters;

@@ -141,10 +141,12 @@ static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
                       .allow_base_mismatch = cfg->allow_adapter_base_mismatch, .tp_size = ch->size - 1,
                       .page_tokens = cfg->page_tokens },
         .port_file = cfg->port_file, .default_max_new_tokens = cfg->default_max_new_tokens,
-        .shutdown_grace_s = cfg->shutdown_grace_s,
+        .shutdown_grace_s = cfg->shutdown_grace_s, .step_timeout_s = cfg->step_timeout_s,
+        .metrics_listen = cfg->metrics_listen,
     };
     grpc_init();
     int rc = coordinator_run(&o, &cs.mc, cs.tok, ch, &stop_requested);
+    if (rc == COORDINATOR_EXIT_WORKERS_LOST) MPI_Abort(world, rc);     // the job cannot finalize cleanly
     grpc_shutdown();
     tokenizer_free(cs.tok);
     return rc;
@@ -213,6 +215,7 @@ int main(int argc, char **argv)
     MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers));
     channel ch;
     channel_init(&ch, MPI_COMM_WORLD);
+    channel_peers_record(&ch);
     int rc;
     if (rank == 0) {
         signal(SIGTERM, on_signal);

@@ -2,9 +2,10 @@
 # Builds a relocatable bundle: the given programs in DIR/bin and the shared libraries they need that a GPU
 # node without our -dev packages lacks (gRPC, abseil, protobuf-c, re2, c-ares, upb, PCRE2, ICU, ...) in
 # DIR/lib. What the node must provide itself is left out on purpose: the C runtime, MPI (its own mpirun
-# must match its libmpi) and the CUDA libraries (they must match its driver). Run with
-#   LD_LIBRARY_PATH=DIR/lib DIR/bin/loraserve ...
-# usage: launch/make-bundle.sh DIR PROGRAM...
+# must match its libmpi) and the CUDA libraries (they must match its driver). loraserve-launch is copied
+# into DIR/bin too; it and deploy/slurm/loraserve.sbatch put DIR/lib on LD_LIBRARY_PATH by themselves:
+#   DIR/bin/loraserve-launch --tp 2 --model /models/m        (or LD_LIBRARY_PATH=DIR/lib DIR/bin/loraserve)
+# usage: launch/make-bundle.sh DIR PROGRAM...   e.g. launch/make-bundle.sh /opt/loraserve build/launch/loraserve
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 DIR PROGRAM..." >&2; exit 2; }
 dir=$1; shift
@@ -17,4 +18,5 @@ for prog in "$@"; do
     if ! [[ $name =~ $node_provided ]]; then cp -Lu "$path" "$dir/lib/"; fi
   done
 done
+cp "$(dirname "${BASH_SOURCE[0]}")/loraserve-launch" "$dir/bin/"
 du -sh "$dir" | awk '{print "bundle: " $1 " in '"$dir"'"}'

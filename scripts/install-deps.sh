@@ -10,8 +10,10 @@ pkgs=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler  # gRPC C core + protobuf-c (codegen: protoc-c)
   libopenmpi-dev openmpi-bin                     # ranks: coordinator + tensor-parallel workers
   libpcre2-dev libicu-dev                                   # tokenizer pre-tokenization regexes
+  libmicrohttpd-dev                              # Prometheus metrics endpoint (coordinator/metrics.c)
   python3-grpcio python3-numpy                   # Python client (scripts/generate.py) and fixtures
   valgrind                                       # memory checks in tests
+  slurmctld slurmd slurm-client munge           # tests/deploy: the sbatch script under a real Slurm
 )
 
 missing=()

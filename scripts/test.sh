@@ -36,7 +36,7 @@ echo "== ninja -C $BUILD_DIR"
 ninja -C "$BUILD_DIR" || finish_failed_step "build"
 
 # npm packages, no lock files: exact versions live in each package.json.
-for dir in tests/e2e tests/tokenizer; do
+for dir in tests/e2e tests/tokenizer tests/deploy; do
   if [ -f "$dir/package.json" ]; then
     echo "== npm install --prefix $dir"
     if ! npm install --prefix "$dir" --no-package-lock --no-audit --no-fund --loglevel=error; then

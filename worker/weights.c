@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/json.h"
@@ -212,6 +213,47 @@ static model_tensor lm_head_want(const model_config *c)
 
 typedef struct plan_entry { model_tensor want; const st_tensor *src; slice s; } plan_entry;
 
+/* Progress of the copy into the arena, logged by the first worker at most every PROGRESS_EVERY_S and
+ * once at the end, so that a 70B load (minutes) is not silent; the other ranks load in step with it. */
+#define PROGRESS_EVERY_S 2.0
+
+typedef struct progress { int tp_rank; size_t n_shards; double t0, next; size_t done, total; } progress;
+
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static size_t entry_bytes(const plan_entry *p) { return (size_t)(p->s.rows * p->s.cols) * st_dtype_size(p->src->dtype); }
+
+static void progress_start(progress *pg, const model_weights *w, const ckpt *c, const plan_entry *p, int n)
+{
+    memset(pg, 0, sizeof *pg);
+    pg->tp_rank = w->tp_rank;
+    pg->n_shards = c->single ? 1 : c->n_files;
+    pg->t0 = wall_s();
+    pg->next = pg->t0 + PROGRESS_EVERY_S;
+    for (int i = 0; i < n; i++) pg->total += entry_bytes(&p[i]);
+}
+
+static void progress_step(progress *pg, const plan_entry *p, int i, int n)
+{
+    pg->done += entry_bytes(p);
+    double t = wall_s();
+    if (pg->tp_rank != 0 || (t < pg->next && i + 1 < n)) return;
+    pg->next = t + PROGRESS_EVERY_S;
+    double gib = 1.0 / (1 << 30), frac = pg->total ? (double)pg->done / (double)pg->total : 1;
+    if (i + 1 == n) {
+        LOG_I("weights loaded: %d tensors, %.2f GiB of this rank's slices from %zu shard file(s) in %.1f s", n,
+              pg->total * gib, pg->n_shards, t - pg->t0);
+        return;
+    }
+    LOG_I("loading weights: %d/%d tensors, %.2f/%.2f GiB (%.0f%%) from %zu shard file(s), about %.0f s left", i + 1, n,
+          pg->done * gib, pg->total * gib, 100 * frac, pg->n_shards, frac > 0 ? (t - pg->t0) * (1 - frac) / frac : 0);
+}
+
 /* Looks up and checks every tensor before anything is allocated. */
 static ls_status plan_tensors(model_weights *w, ckpt *c, plan_entry *p, int n, size_t *floats, ls_error *err)
 {
@@ -244,10 +286,13 @@ static ls_status load_all(model_weights *w, ckpt *c, ls_error *err)
         w->arena_floats = floats;
         w->layers = ls_xcalloc((size_t)w->cfg.n_layers, sizeof *w->layers);
         float *at = w->arena;
+        progress pg;
+        progress_start(&pg, w, c, p, n);
         for (int i = 0; i < n; i++) {
             *dest_of(w, &p[i].want) = at;
             copy_slice(at, p[i].src, &p[i].want, p[i].s);
             at += p[i].s.rows * p[i].s.cols;
+            progress_step(&pg, &p[i], i, n);
         }
     }
     free(p);

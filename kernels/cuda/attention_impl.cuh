@@ -17,7 +17,10 @@ enum {
     PLAN_THREADS = 512,
     TILE_BQ = 64,           // query rows per tile block: 16 per warp
     SPLIT_MIN_KEYS = 64,    // a key chunk never gets fewer keys: below that the merge costs more than it gains
-    TARGET_BLOCKS = 1024,   // row blocks the split planner aims for (~8 per SM of an H100: long decodes fill it)
+    // Row blocks the split planner aims for: ~4.5 waves of resident blocks (7 per SM of an H100/H200 at
+    // 32 KB of stages each), so the last, partial wave costs little (at 1024, batch 64 x 32 heads of
+    // context 512 ran unsplit as 2.2 waves and reached 55% of copy bandwidth).
+    TARGET_BLOCKS = 4096,
     MIN_TARGET = 64,
     KV_STORE_THREADS = 256,
     SMEM_DEFAULT = 48 * 1024,
