@@ -18,7 +18,8 @@
 #   13b-tp2: Llama-2-13B shape on 2 GPUs (TP=2); falls back to 7b with fewer than 2 GPUs.
 #   tiny-cpu: the script itself on a machine without a GPU (demo-sized model, CPU backend, TP=2, 3 s
 #          traces, lengths in [8, 32], no baseline): a check of the plumbing, not a benchmark.
-# Environment: BUDGET_S, BENCH_WORK (default /tmp/loraserve-bench), RATE (table rate, default 32 req/s),
+# Environment: BUDGET_S, PRELOAD (default 1: register every name before its point, untimed),
+#   ADAPTER_CACHE_MB (pinned host adapter copies, default 49152), BENCH_WORK (default /tmp/loraserve-bench), RATE (table rate, default 32 req/s),
 #   POINTS (only points whose name matches this regex), NO_HF=1, SERVER_FLAGS (extra loraserve flags),
 #   PYTHON (default python3).
 # Outputs in OUT_DIR: results/*.json (one per point), plots/*.png|svg and table.md if gnuplot is there
@@ -45,11 +46,12 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 device=${device:-no GPU found}
-tp=1; shape=7b; backend=cuda; lens=8,512; kv_mb=65536; weights="random fp16 (tiled)"
+tp=1; shape=7b; backend=cuda; lens=8,512; kv_mb=98304; weights="random fp16 (tiled)"
+cache_mb=${ADAPTER_CACHE_MB:-49152}   # pinned host copies of the adapters: S1's 2000 fit (S-LoRA keeps all in RAM)
 if [ "$variant" = 13b-tp2 ]; then
   if [ "$gpus" -ge 2 ]; then tp=2; shape=13b; else log "13b-tp2 needs 2 GPUs ($gpus found): running 7b"; fi
 elif [ "$variant" = tiny-cpu ]; then
-  tp=2; shape=tiny; backend=cpu; lens=8,32; kv_mb=256; dur=3; drain=5; pool1=8; pool2=8; NO_HF=1
+  tp=2; shape=tiny; backend=cpu; lens=8,32; kv_mb=256; dur=3; drain=5; pool1=8; pool2=8; NO_HF=1; cache_mb=256
   weights="random fp32 (demo shape)"
   device="CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') x $(nproc)"
 fi
@@ -77,8 +79,8 @@ make_adapters s1 $pool1 8 && make_adapters s2 $pool2 8,16,32,64 || { log "adapte
 log "model and adapters ready ($(du -sh "$model" | cut -f1) model, $(du -sh "$adroot" | cut -f1) adapters)"
 
 # --- the server ---------------------------------------------------------------------------------------
-flags=(--model "$model" --adapters "$adroot" --backend $backend --log-level warn --max-waiting 16384 --max-batch 128
-       --max-step-tokens 2048 --kv-cache-mb $kv_mb --adapter-cache-mb 4096 --prefetch-adapters 8 --shutdown-grace-s 3)
+flags=(--model "$model" --adapters "$adroot" --backend $backend --log-level warn --max-waiting 16384 --max-batch ${MAX_BATCH:-256}
+       --max-step-tokens 2048 --kv-cache-mb $kv_mb --adapter-cache-mb $cache_mb --prefetch-adapters 8 --shutdown-grace-s 3)
 # shellcheck disable=SC2206
 flags+=(${SERVER_FLAGS:-})
 srv=$out/logs/server
@@ -110,13 +112,16 @@ rate=${RATE:-32}
 skipped=(); ran=()
 reserve=$(( ${NO_HF:-0} == 1 ? 20 : hf_cap + 70 ))     # kept for the baseline, the plots and the shutdown
 point() {   # name setting n rate: one loadgen run, if it fits in what is left of the budget
-  local name=$1 setting=$2 n=$3 r=$4 need=$((dur + drain + 8))
+  local name=$1 setting=$2 n=$3 r=$4 need=$((dur + drain + 8)) pre=()
+  # Every name is registered (and read into host memory) before the trace, untimed, as S-LoRA loads
+  # all adapters at start-up; names registered by an earlier point cost nothing again.
+  if [ "${PRELOAD:-1}" = 1 ] && [ "$n" != 0 ]; then pre=(--preload); need=$((need + n / 40)); fi
   if [ -n "${POINTS:-}" ] && ! [[ $name =~ $POINTS ]]; then return 0; fi
   if [ $((SECONDS - start + need + reserve)) -gt "$budget" ]; then skipped+=("$name"); log "skip $name (budget)"; return 0; fi
   local ranks=8 pool=$pool1; [ "$setting" = S2 ] && { ranks=8,16,32,64; pool=$pool2; }
   [ "$n" = 0 ] && { ranks=none; pool=0; }
   if ! kill -0 "$job" 2>/dev/null; then skipped+=("$name"); log "skip $name (the server is gone: logs/server.log)"; return 0; fi
-  timeout -k 5 $((need + 60)) "$python" "$here/loadgen.py" --addr "$addr" --n-adapters "$n" \
+  timeout -k 5 $((need + 60)) "$python" "$here/loadgen.py" --addr "$addr" --n-adapters "$n" "${pre[@]}" \
     --adapter-pattern "$(tr 'S' 's' <<< "$setting")/a{:04d}" --rate "$r" --cv 1 --alpha 1 --duration $dur \
     --drain-s $drain --model "$model" --seed 42 --input-len $lens --output-len $lens --warmup-requests 2 --wait-ready 20 --device "$device" \
     --label "$name" --meta setting="$setting" --meta ranks="$ranks" --meta distinct_adapter_dirs="$pool" \

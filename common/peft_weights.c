@@ -7,6 +7,7 @@
  * same file. */
 #include "common/peft.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,8 @@ typedef struct shard_ctx {
     int tp_rank, tp_size;
     size_t page_floats;
     float *dst;
+    uint16_t *dst16;            // peft_read_shard16: rows in `want` instead of dst
+    st_dtype want;
 } shard_ctx;
 
 /* n elements of t at first, first + stride, ... as fp32 (a column of lora_B is a B^T row). */
@@ -192,6 +195,50 @@ static void put_row(void *ctx, int layer, lora_module m, int is_b, int row, int 
         st_to_f32(out, t, (size_t)(d.a_rank0 + row) * in + col, (size_t)len);
     } else {
         strided_to_f32(out, t, (size_t)d.out_offset * (size_t)r + (size_t)row, (size_t)r, (size_t)len);
+    }
+}
+
+/* Element k of t as fp32. */
+static float elem_f32(const st_tensor *t, size_t k)
+{
+    const unsigned char *src = t->data;
+    float f;
+    uint16_t h;
+    if (t->dtype == ST_F32) { memcpy(&f, src + 4 * k, 4); return f; }
+    memcpy(&h, src + 2 * k, 2);
+    return t->dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
+}
+
+/* n elements of t at first, first + stride, ... in the 16-bit type want: bits copied when t already
+ * has that type (what converting through fp32 and back would give), else rounded from fp32. */
+static void strided_to_16(uint16_t *dst, const st_tensor *t, size_t first, size_t stride, size_t n, st_dtype want)
+{
+    LS_ASSERT(n == 0 || first + (n - 1) * stride < t->numel);
+    const unsigned char *src = t->data;
+    if (t->dtype == want && stride == 1) {
+        memcpy(dst, src + 2 * first, 2 * n);
+    } else if (t->dtype == want) {
+        for (size_t i = 0; i < n; i++) memcpy(&dst[i], src + 2 * (first + i * stride), 2);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            float f = elem_f32(t, first + i * stride);
+            dst[i] = want == ST_F16 ? st_f32_to_f16(f) : st_f32_to_bf16(f);
+        }
+    }
+}
+
+static void put_row16(void *ctx, int layer, lora_module m, int is_b, int row, int page, size_t offset, int len)
+{
+    const shard_ctx *s = ctx;
+    int idx = layer * LORA_N_MODULES + m, r = s->a->shape.rank[idx];
+    lora_module_dims d = lora_module_shard(s->base, m, r, s->tp_rank, s->tp_size);
+    const st_tensor *t = s->w->t[2 * idx + is_b];
+    uint16_t *out = s->dst16 + (size_t)page * s->page_floats + offset;
+    if (!is_b) {
+        size_t in = (size_t)t->shape[1], col = d.split_rank ? 0 : (size_t)s->tp_rank * (size_t)d.in_local;
+        strided_to_16(out, t, (size_t)(d.a_rank0 + row) * in + col, 1, (size_t)len, s->want);
+    } else {
+        strided_to_16(out, t, (size_t)d.out_offset * (size_t)r + (size_t)row, (size_t)r, (size_t)len, s->want);
     }
 }
 
@@ -225,8 +272,78 @@ ls_status peft_read_shard(const peft_adapter *a, const model_config *base, int t
     if (rc) return rc;
     weights w;
     if ((rc = weights_open(&w, a, base, err))) return rc;
-    shard_ctx ctx = { &w, a, base, tp_rank, tp_size, page_floats, dst };
+    shard_ctx ctx = { &w, a, base, tp_rank, tp_size, page_floats, dst, NULL, ST_F32 };
     lora_layout_walk(base, &a->shape, tp_rank, tp_size, page_floats, put_row, &ctx);
+    weights_close(&w);
+    return LS_OK;
+}
+
+/* The 16-bit reader's rows are listed first, then copied by a few threads: a rank-64 7B adapter is
+ * ~130 MB of gathers, and the worker that waits on it has cores to spare. */
+typedef struct row_job {
+    int layer, module, is_b, row, page, len;
+    size_t offset;
+} row_job;
+
+typedef struct row_jobs {
+    row_job *j;
+    size_t n, cap;
+    const shard_ctx *ctx;
+    int n_threads;
+} row_jobs;
+
+#define READ_THREADS 4
+
+static void list_row(void *ctx, int layer, lora_module m, int is_b, int row, int page, size_t offset, int len)
+{
+    row_jobs *r = ctx;
+    if (r->n == r->cap) {
+        r->cap = r->cap ? 2 * r->cap : 1024;
+        r->j = ls_xrealloc(r->j, r->cap * sizeof *r->j);
+    }
+    r->j[r->n++] = (row_job){ layer, (int)m, is_b, row, page, len, offset };
+}
+
+typedef struct row_part {
+    const row_jobs *r;
+    int part;
+} row_part;
+
+static void *copy_rows(void *arg)
+{
+    const row_part *p = arg;
+    const row_jobs *r = p->r;
+    size_t lo = r->n * (size_t)p->part / (size_t)r->n_threads, hi = r->n * (size_t)(p->part + 1) / (size_t)r->n_threads;
+    for (size_t i = lo; i < hi; i++) {
+        const row_job *j = &r->j[i];
+        put_row16((void *)r->ctx, j->layer, (lora_module)j->module, j->is_b, j->row, j->page, j->offset, j->len);
+    }
+    return NULL;
+}
+
+ls_status peft_read_shard16(const peft_adapter *a, const model_config *base, int tp_rank, int tp_size,
+                            size_t page_elems, int bf16, uint16_t *dst, ls_error *err)
+{
+    ls_status rc = check_split(a, base, tp_rank, tp_size, page_elems, err);
+    if (rc) return rc;
+    weights w;
+    if ((rc = weights_open(&w, a, base, err))) return rc;
+    shard_ctx ctx = { &w, a, base, tp_rank, tp_size, page_elems, NULL, dst, bf16 ? ST_BF16 : ST_F16 };
+    row_jobs r = { .ctx = &ctx, .n_threads = READ_THREADS };
+    lora_layout_walk(base, &a->shape, tp_rank, tp_size, page_elems, list_row, &r);
+    pthread_t th[READ_THREADS];
+    row_part parts[READ_THREADS];
+    int started = 0;
+    for (int t = 1; t < READ_THREADS; t++) {
+        parts[t] = (row_part){ &r, t };
+        if (pthread_create(&th[t], NULL, copy_rows, &parts[t]) != 0) break;
+        started = t;
+    }
+    parts[0] = (row_part){ &r, 0 };
+    copy_rows(&parts[0]);
+    for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
+    for (int t = started + 1; t < READ_THREADS; t++) copy_rows(&parts[t]);   // threads that did not start
+    free(r.j);
     weights_close(&w);
     return LS_OK;
 }

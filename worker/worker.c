@@ -111,6 +111,9 @@ static void handle_register(worker *wk, channel *ch, const plan *p)
         rep.code = err.code;
         snprintf(rep.msg, sizeof rep.msg, "%.*s", (int)sizeof rep.msg - 1, err.msg);
     }
+#ifdef LORASERVE_HAVE_CUDA
+    else if (wk->cuda) cuda_lora_warm(&wk->cuda->lora, p->h.arg);
+#endif
     channel_gather_reports(ch, &rep, NULL);
 }
 

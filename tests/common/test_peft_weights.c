@@ -270,6 +270,33 @@ static void check_shards(const char *label, const char *dir, int T)
     peft_adapter_free(&a);
 }
 
+/* peft_read_shard16 (the device pools' reader) against peft_read_shard then rounding, bit for bit, for
+ * both 16-bit targets; page tails stay as they were. */
+static void check_shards16(const char *label, const char *dir, int T)
+{
+    peft_adapter a;
+    ls_error err = { 0 };
+    const size_t pf = 100;
+    ls_status rc = peft_read_config(&a, dir, &base, NULL, &err);
+    size_t bad = 0;
+    for (int t = 0; !rc && t < T; t++)
+        for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
+            size_t n = (size_t)lora_layout_walk(&base, &a.shape, t, T, pf, NULL, NULL) * pf;
+            float *ref = calloc(n, sizeof *ref);
+            uint16_t *got = malloc(n * sizeof *got);
+            memset(got, 0, n * sizeof *got);
+            rc = peft_read_shard(&a, &base, t, T, pf, ref, &err);
+            if (!rc) rc = peft_read_shard16(&a, &base, t, T, pf, bf16, got, &err);
+            for (size_t i = 0; !rc && i < n; i++)
+                bad += got[i] != (bf16 ? st_f32_to_bf16(ref[i]) : st_f32_to_f16(ref[i]));
+            free(ref);
+            free(got);
+        }
+    TAP_OK(rc == LS_OK && bad == 0, "%s tp %d: 16-bit reader equals fp32 reader + rounding (f16 and bf16; %zu "
+           "differ) %s", label, T, bad, rc ? err.msg : "");
+    peft_adapter_free(&a);
+}
+
 static void test_shards(void)
 {
     static const char *const dtypes[] = { "float32", "float16", "bfloat16" };
@@ -288,6 +315,8 @@ static void test_shards(void)
         TAP_OK(peft_gen_write(dir, &base, &o, &err) == LS_OK, "generate %s %s", dtypes[i], err.msg);
         check_shards(dtypes[i], dir, 1);
         check_shards(dtypes[i], dir, 2);
+        check_shards16(dtypes[i], dir, 1);
+        check_shards16(dtypes[i], dir, 2);
     }
 }
 

@@ -149,17 +149,6 @@ static void forget(cuda_lora *L, cuda_lora_entry *e)
     memset(e, 0, sizeof *e);
 }
 
-/* Writes n fp32 values into dst in the storage type (round to nearest even, as the weights). */
-static void convert(void *dst, const float *src, size_t n, dev_dtype t)
-{
-    if (t == DEV_F32) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    uint16_t *d = dst;
-    for (size_t i = 0; i < n; i++) d[i] = t == DEV_F16 ? st_f32_to_f16(src[i]) : st_f32_to_bf16(src[i]);
-}
-
 /* Makes e's shard hot: read from its safetensors as fp32 rows (the host store's reader), converted into
  * free pinned pages, evicting the least recently used shards (never e's own) as needed. */
 static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_error *err)
@@ -180,23 +169,26 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
         LS_ASSERT(lru);         // the pages not free belong to other entries
         release_hot(L, lru);
     }
-    size_t n = (size_t)need * L->page_elems;
-    if (n > L->shard32_cap) {
-        free(L->shard32);
-        L->shard32 = malloc(n * sizeof(float));
-        L->shard32_cap = L->shard32 ? n : 0;
-        if (!L->shard32) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "cannot hold an adapter shard of %zu floats", n);
+    size_t bytes = (size_t)need * L->page_bytes;
+    if (bytes > L->shard_cap) {
+        free(L->shard);
+        L->shard = malloc(bytes);
+        L->shard_cap = L->shard ? bytes : 0;
+        if (!L->shard) return ls_fail(err, LS_RESOURCE_EXHAUSTED, "cannot hold an adapter shard of %zu bytes", bytes);
     }
-    memset(L->shard32, 0, n * sizeof(float));   // page tails are not written by the reader
+    memset(L->shard, 0, bytes);     // page tails are not written by the reader
+    // Read straight into the storage type: a 16-bit file of that type is copied, not widened and rounded.
     const adapter_store *s = L->store;
-    ls_status st = peft_read_shard(&a->peft, s->cfg, s->tp_rank, s->tp_size, L->page_elems, L->shard32, err);
+    ls_status st = L->dt == DEV_F32
+        ? peft_read_shard(&a->peft, s->cfg, s->tp_rank, s->tp_size, L->page_elems, (float *)L->shard, err)
+        : peft_read_shard16(&a->peft, s->cfg, s->tp_rank, s->tp_size, L->page_elems, L->dt == DEV_BF16,
+                            (uint16_t *)L->shard, err);
     if (st != LS_OK) return st;
     e->hot = ls_xmalloc((size_t)need * sizeof *e->hot);
     e->n_hot = need;
     for (int p = 0; p < need; p++) {
         e->hot[p] = L->free_pages[--L->n_free];
-        convert(L->hot + (size_t)e->hot[p] * L->page_bytes, L->shard32 + (size_t)p * L->page_elems, L->page_elems,
-                L->dt);
+        memcpy(L->hot + (size_t)e->hot[p] * L->page_bytes, L->shard + (size_t)p * L->page_bytes, L->page_bytes);
     }
     return LS_OK;
 }
@@ -220,14 +212,10 @@ static void copy_in(cuda_lora *L, cuda_lora_entry *e)
 
 /* ---- per-step bookkeeping ----------------------------------------------------------------------- */
 
-/* The entry of slot id for this step (listed once in step_ids); its state is reset when the slot now
- * holds another adapter than the one it was built for. */
-static ls_status note(cuda_lora *L, int32_t id, cuda_lora_entry **out, ls_error *err)
+/* The entry of slot id (the table grows to hold it), reset when the slot now holds another adapter than
+ * the one it was built for. */
+static cuda_lora_entry *entry_for(cuda_lora *L, int32_t id, const stored_adapter *a)
 {
-    const adapter_store *s = L->store;
-    const stored_adapter *a = id >= 0 && id < s->cap ? s->slots[id] : NULL;
-    if (!a)
-        return ls_fail(err, LS_FAILED_PRECONDITION, "the step uses adapter %d, which this worker does not hold", id);
     if (id >= L->n_ent) {
         int cap = L->n_ent ? L->n_ent : 64;
         while (cap <= id) cap *= 2;
@@ -240,6 +228,18 @@ static ls_status note(cuda_lora *L, int32_t id, cuda_lora_entry **out, ls_error 
         forget(L, e);
         e->src = a;
     }
+    return e;
+}
+
+/* The entry of slot id for this step (listed once in step_ids); its state is reset when the slot now
+ * holds another adapter than the one it was built for. */
+static ls_status note(cuda_lora *L, int32_t id, cuda_lora_entry **out, ls_error *err)
+{
+    const adapter_store *s = L->store;
+    const stored_adapter *a = id >= 0 && id < s->cap ? s->slots[id] : NULL;
+    if (!a)
+        return ls_fail(err, LS_FAILED_PRECONDITION, "the step uses adapter %d, which this worker does not hold", id);
+    cuda_lora_entry *e = entry_for(L, id, a);
     if (e->mark != L->step) {
         e->mark = L->step;
         if (L->n_step_ids == L->step_ids_cap) {
@@ -388,7 +388,11 @@ static void build_tables(cuda_lora *L, const plan *p)
         }
     }
     seg[S] = p->h.n_tokens;
-    L->decode = p->h.n_tokens == S;
+    // The leading one-token segments (decode tokens; the scheduler lists running sequences first) take
+    // the MBGMV kernels, token i being segment i; the rest of the step takes SGMV tiles.
+    L->n_single = 0;
+    while (L->n_single < S && seg[L->n_single] == L->n_single && seg[L->n_single + 1] == L->n_single + 1)
+        L->n_single++;
     L->v_stride = (L->max_rank + 3) & ~3;       // 16-byte rows of v
     LS_ASSERT(L->max_rank <= CUDA_LORA_MAX_RANK);
     CU_CHECK(cudaMemcpyAsync(L->d_step, L->h_step, tab_off + (size_t)n_slot * S * sizeof(void *),
@@ -441,24 +445,32 @@ void cuda_lora_finish(cuda_lora *L)
 
 /* ---- the forward calls -------------------------------------------------------------------------- */
 
-/* Shrink and expand in the step's form: MBGMV when every segment is one token (a decode step: a block
- * per token streams its adapter's rows, a few round trips whatever the rank), SGMV tiles otherwise. */
+/* Shrink and expand in the step's form: the leading one-token segments (decode tokens) with MBGMV (a
+ * block per token streams its adapter's rows, a few round trips whatever the rank), the other segments
+ * with SGMV tiles (prefill chunks, which fill them). */
 static void shrink(cuda_lora *L, const cuda_lora_shrink_out *outs, int k, const void *x, int in)
 {
-    if (L->decode)
-        KERNEL(cuda_lora_shrink_bgmv_multi, L->dt, outs, k, x, in, L->token_seg, L->n_segs, L->max_rank, L->compute);
-    else
-        KERNEL(cuda_lora_shrink_sgmv_multi, L->dt, outs, k, x, in, seg_start(L), L->n_segs, L->max_rank, L->compute);
+    int d = L->n_single, rest = L->n_segs - d;
+    if (d)
+        KERNEL(cuda_lora_shrink_bgmv_multi, L->dt, outs, k, x, in, L->token_seg, d, L->max_rank, L->compute);
+    if (!rest) return;
+    cuda_lora_shrink_out tail[CUDA_LORA_MAX_MODULES];
+    for (int m = 0; m < k; m++) {
+        tail[m] = outs[m];
+        tail[m].rows = outs[m].rows + d;
+    }
+    KERNEL(cuda_lora_shrink_sgmv_multi, L->dt, tail, k, x, in, seg_start(L) + d, rest, L->max_rank, L->compute);
 }
 
 static void expand(cuda_lora *L, void *y, int y_stride, int col0, int out, const float *v,
                    const cuda_lora_rows *const *rows)
 {
-    if (L->decode)
-        KERNEL(cuda_lora_expand_bgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, L->token_seg, L->n_segs, rows,
+    int d = L->n_single, rest = L->n_segs - d;
+    if (d)
+        KERNEL(cuda_lora_expand_bgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, L->token_seg, d, rows,
                L->max_rank, L->compute);
-    else
-        KERNEL(cuda_lora_expand_sgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, seg_start(L), L->n_segs, rows,
+    if (rest)
+        KERNEL(cuda_lora_expand_sgmv, L->dt, y, y_stride, col0, out, v, L->v_stride, seg_start(L) + d, rest, rows + d,
                L->max_rank, L->compute);
 }
 
@@ -515,6 +527,16 @@ ls_status cuda_lora_row(cuda_lora *L, int layer, lora_module m, const void *x, i
     return LS_OK;
 }
 
+void cuda_lora_warm(cuda_lora *L, int32_t id)
+{
+    const adapter_store *s = L->store;
+    const stored_adapter *a = L->on && id >= 0 && id < s->cap ? s->slots[id] : NULL;
+    if (!a || a->n_pages > L->n_free) return;       // never evicts: a warm-up must not cost a hot adapter
+    ls_error err = { 0 };
+    if (ensure_hot(L, entry_for(L, id, a), id, &err) != LS_OK)
+        LOG_W("adapter %d stays cold (its first step reads it and reports): %s", id, err.msg);
+}
+
 void cuda_lora_drop(cuda_lora *L, int32_t id)
 {
     if (id >= 0 && id < L->n_ent) forget(L, &L->ent[id]);
@@ -536,7 +558,7 @@ void cuda_lora_free(cuda_lora *L)
     if (L->copied) cudaEventDestroy(L->copied);
     if (L->copy) cudaStreamDestroy(L->copy);
     free(L->free_pages);
-    free(L->shard32);
+    free(L->shard);
     free(L->any);
     free(L->ent);
     free(L->step_ids);

@@ -71,8 +71,8 @@ typedef struct cuda_lora {
     char *hot;
     int hot_pages, n_free;
     int32_t *free_pages;
-    float *shard32;             // host fp32 read buffer (grows; host memory only)
-    size_t shard32_cap;
+    char *shard;                // host read buffer in the storage type (grows; host memory only)
+    size_t shard_cap;
     // descriptor arena: pinned host mirror and device copy, bump-allocated
     char *h_arena, *d_arena;
     size_t arena_cap, arena_used;
@@ -91,7 +91,7 @@ typedef struct cuda_lora {
     uint64_t step, clock;
     int active;                 // some sequence uses an adapter
     int n_segs, max_rank, v_stride;
-    int decode;                 // one token per segment: the MBGMV kernels
+    int n_single;               // leading one-token segments (decode tokens): the MBGMV kernels
     int wait_pending;           // copies enqueued: the compute stream must wait before reading the pool
 } cuda_lora;
 
@@ -118,6 +118,10 @@ ls_status cuda_lora_column(cuda_lora *L, int layer, const lora_module *mods, int
 ls_status cuda_lora_row(cuda_lora *L, int layer, lora_module m, const void *x, int n, int in_local, void *y,
                         int y_stride, ls_error *err);
 /* Forgets slot id (PLAN_ADAPTER_DROP): its hot pages and descriptors. */
+/* Reads a newly registered adapter's shard into free pages of the pinned hot set (never evicting), so
+ * that its first use only copies host to device: with a hot set as large as the adapter population (as
+ * S-LoRA keeps every adapter in host memory) no step waits on a file. */
+void cuda_lora_warm(cuda_lora *L, int32_t id);
 void cuda_lora_drop(cuda_lora *L, int32_t id);
 void cuda_lora_free(cuda_lora *L);
 
