@@ -87,11 +87,18 @@ int channel_peer_lost(const channel *c)
 }
 
 static struct { void (*check)(void *, double); void *ctx; } watch;
+static struct { void (*fn)(void *); void *ctx; } idle;
 
 void channel_watch(void (*check)(void *ctx, double waited_s), void *ctx)
 {
     watch.check = check;
     watch.ctx = ctx;
+}
+
+void channel_idle(void (*fn)(void *ctx), void *ctx)
+{
+    idle.fn = fn;
+    idle.ctx = ctx;
 }
 
 static int64_t mono_ns(void)
@@ -121,6 +128,7 @@ void channel_wait(MPI_Request *r)
         if (i < SPIN_TESTS) continue;
         if (i == SPIN_TESTS && watch.check) next_check_ns = (start_ns = mono_ns()) + WATCH_EVERY_NS;
         nanosleep(i < SPIN_TESTS + SHORT_NAPS ? &short_nap : &long_nap, NULL);
+        if (idle.fn) idle.fn(idle.ctx);
         if (watch.check) watch_check(start_ns, &next_check_ns);
     }
 }

@@ -47,6 +47,13 @@ int channel_peer_lost(const channel *c);
  * a request: set by the coordinator while it serves; NULL removes it. */
 void channel_watch(void (*check)(void *ctx, double waited_s), void *ctx);
 
+/* Rank 0 during start-up: calls idle(ctx) after every nap of every wait (every 50 us to 2 ms), so that
+ * the coordinator answers gRPC (health NOT_SERVING) while it waits for the workers' load reports. idle
+ * must not block. Process-wide like channel_watch, for the same reason; NULL removes it. Never set
+ * while serving: a hook that reached the engine from inside a plan broadcast would change requests
+ * in the middle of a step. */
+void channel_idle(void (*idle)(void *ctx), void *ctx);
+
 /* Completes r, spinning for a few microseconds and then sleeping between tests. */
 void channel_wait(MPI_Request *r);
 

@@ -6,18 +6,24 @@
  * Open MPI 4's mpirun, when a rank dies, sends SIGTERM to the others about two seconds later and SIGKILL
  * one second after that (odls_base_sigkill_timeout); orte_abort_on_non_zero_status (default on) does the
  * same for a non-zero exit. None of this is relied on: on one node the process watch (channel.h) sees
- * the death within ~100 ms, and the step timeout covers ranks on other nodes and hung ones. */
+ * the death within ~100 ms, and the step timeout covers ranks on other nodes and hung ones.
+ *
+ * Start-up: the port opens while the workers still load (coordinator_open). The engine does not exist
+ * yet, so instead of this loop the start-up handshake's MPI waits poll the queue (channel_idle), and the
+ * hooks refuse every engine call until coordinator_run. */
 #include "coordinator/coordinator.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/log.h"
 #include "coordinator/metrics.h"
 
-typedef struct coordinator {
+struct coordinator {
     const coordinator_opts *o;
+    const model_config *mc;
     request_limits lim;
     server *srv;
     channel *ch;
@@ -25,6 +31,7 @@ typedef struct coordinator {
     adapter_service svc;
     plan plan;
     int in_flight;
+    int loading;                                // open, the workers not all loaded: no engine yet
     int draining;
     coordinator_stats stats;
     metrics *met;
@@ -33,7 +40,7 @@ typedef struct coordinator {
     int64_t next_watch_ns;
     char lost[300];                             // why the workers are deemed lost ("" = they are fine)
     volatile sig_atomic_t *stop;                // set by SIGTERM
-} coordinator;
+};
 
 // A dead worker is looked for this often. On SIGTERM mpirun's SIGKILL follows within about a second, so a
 // step that has not come back DRAIN_STALL_NS after the stop (or 4x the longest recent step, if more) is
@@ -66,10 +73,19 @@ static void note_refused(coordinator *c, const Loraserve__V1__GenerateRequest *p
           ls_status_name(st), pb->adapter && pb->adapter[0] ? pb->adapter : "-", why);
 }
 
+/* While loading, the port is open only for health: the engine's calls are refused, retryably. Counted,
+ * not logged, as a load balancer may keep trying all along a long load. */
+static ls_status refuse_loading(coordinator *c, ls_error *err)
+{
+    metrics_request_done(c->met, LS_UNAVAILABLE);
+    return ls_fail(err, LS_UNAVAILABLE, "model is loading");
+}
+
 static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__GenerateRequest *pb, int streaming,
                             int64_t deadline_ms, ls_error *err)
 {
     coordinator *c = ctx;      // the server itself refuses calls while draining or already past deadline
+    if (c->loading) return refuse_loading(c, err);
     request *r;
     int parked = 0;
     ls_status st = request_new(&r, &c->lim, pb, err);
@@ -194,7 +210,9 @@ static void on_adapter_ready(void *ctx, request *r, ls_status st, const char *wh
 static ls_status on_admin(void *ctx, server_call *call, server_admin_method m, const ProtobufCMessage *req,
                           ls_error *err)
 {
-    return adapter_service_admin(&((coordinator *)ctx)->svc, call, m, req, err);
+    coordinator *c = ctx;
+    if (c->loading) return ls_fail(err, LS_UNAVAILABLE, "model is loading");
+    return adapter_service_admin(&c->svc, call, m, req, err);
 }
 
 static void fail_all(coordinator *c, ls_status status, const char *why)
@@ -348,55 +366,115 @@ static void log_totals(const coordinator *c)
           (unsigned long long)c->sched.adapters.evictions, (double)c->sched.adapters.rows_bytes_copied / (1 << 20));
 }
 
-static int serve(coordinator *c, const server_hooks *hooks, volatile sig_atomic_t *stop)
+/* Start-up, inside the handshake's waits: answer health and refuse calls until the workers report. A
+ * stop only drains the port here (the loaded workers are stopped by the run that follows, which sees
+ * the flag at once), because a load in progress on the workers cannot be interrupted. */
+static void on_loading_idle(void *ctx)
 {
-    const coordinator_opts *o = c->o;
-    ls_error err = { 0 };
-    if (metrics_create(&c->met, o->metrics_listen, &err) != LS_OK) {
-        LOG_E("%s", err.msg);
-        return 1;
-    }
-    if (server_create(&c->srv, &o->server, hooks, &err) != LS_OK) {
-        LOG_E("cannot serve on %s: %s", o->server.listen_addr, err.msg);
-        return 1;
-    }
-    write_port_file(o->port_file, server_port(c->srv));
-    const char *colon = strrchr(o->server.listen_addr, ':');
-    int host_len = colon ? (int)(colon - o->server.listen_addr) : (int)strlen(o->server.listen_addr);
-    printf("loraserve: listening on %.*s:%d\n", host_len, o->server.listen_addr, server_port(c->srv));
+    coordinator *c = ctx;
+    server_poll(c->srv, 0);
+    if (!*c->stop || c->stop_ns) return;
+    c->stop_ns = now_ns();
+    LOG_I("stop signal while the workers load the model: stopping once they have reported");
+    server_drain(c->srv);
+}
+
+/* Start-up waits can be as long as a model load, so only a dead worker ends them early; the step
+ * timeout does not apply. */
+static void on_loading_watch(void *ctx, double waited_s)
+{
+    coordinator *c = ctx;
+    int rank = channel_peer_lost(c->ch);
+    if (!rank) return;
+    LOG_E("worker rank %d exited during start-up (%.1f s into a wait for the workers' reports): ending the job",
+          rank, waited_s);
+    MPI_Abort(c->ch->world, COORDINATOR_EXIT_WORKERS_LOST);
+}
+
+/* "loraserve: listening on HOST:PORT" on stdout: scripts and operators wait for this line. */
+static void announce(const coordinator *c)
+{
+    const char *addr = c->o->server.listen_addr, *colon = strrchr(addr, ':');
+    int host_len = colon ? (int)(colon - addr) : (int)strlen(addr);
+    write_port_file(c->o->port_file, server_port(c->srv));
+    printf("loraserve: listening on %.*s:%d\n", host_len, addr, server_port(c->srv));
     fflush(stdout);
+}
+
+coordinator *coordinator_open(const coordinator_opts *o, const model_config *mc, const tokenizer *tok, channel *ch,
+                              volatile sig_atomic_t *stop, ls_error *err)
+{
+    coordinator *c = ls_xcalloc(1, sizeof *c);
+    *c = (coordinator){ .o = o, .mc = mc, .ch = ch, .stop = stop, .loading = 1 };
+    c->lim = (request_limits){ .model = mc, .tok = tok, .vocab_size = mc->vocab_size,
+                               .default_max_new_tokens = o->default_max_new_tokens };
+    server_hooks hooks = { .ctx = c, .on_request = on_request, .on_cancel = on_cancel, .on_admin = on_admin };
+    if (metrics_create(&c->met, o->metrics_listen, err) != LS_OK ||
+        server_create(&c->srv, &o->server, &hooks, err) != LS_OK)
+        goto fail;
+    announce(c);
+    channel_idle(on_loading_idle, c);
+    channel_watch(on_loading_watch, c);
+    return c;
+fail:
+    metrics_free(c->met);
+    free(c);
+    return NULL;
+}
+
+static void coordinator_free(coordinator *c)
+{
+    channel_idle(NULL, NULL);
+    channel_watch(NULL, NULL);
+    server_destroy(c->srv);
+    metrics_free(c->met);
+    free(c);
+}
+
+void coordinator_close(coordinator *c)
+{
+    if (!c) return;
+    LOG_I("start-up failed: closing port %d without having served", server_port(c->srv));
+    coordinator_free(c);
+}
+
+/* Runs the loop until the stop or a lost worker; the server is still to be destroyed. */
+static int serve(coordinator *c)
+{
+    metrics_publish(c->met, &c->sched, 1);     // the pool's gauges are right from the first scrape
     server_set_serving(c->srv, 1);
     channel_watch(on_long_wait, c);
     int64_t grace_end = 0;
-    while (loop_once(c, stop, &grace_end)) metrics_publish(c->met, &c->sched, 0);
+    while (loop_once(c, c->stop, &grace_end)) metrics_publish(c->met, &c->sched, 0);
     if (c->lost[0]) answer_lost(c);
     else fail_all(c, LS_UNAVAILABLE, "server is shutting down");
     metrics_publish(c->met, &c->sched, 1);
     channel_watch(NULL, NULL);
-    server_destroy(c->srv);
-    log_totals(c);
     return c->lost[0] ? COORDINATOR_EXIT_WORKERS_LOST : 0;
 }
 
-int coordinator_run(const coordinator_opts *o, const model_config *mc, const tokenizer *tok, channel *ch,
-                    volatile sig_atomic_t *stop)
+int coordinator_run(coordinator *c, int n_pages)
 {
-    coordinator c = { .o = o, .ch = ch, .stop = stop };
-    c.lim = (request_limits){ .model = mc, .tok = tok, .vocab_size = mc->vocab_size,
-                              .default_max_new_tokens = o->default_max_new_tokens };
-    scheduler_init(&c.sched, &o->sched,
-                   lora_page_floats(mc, o->adapters.tp_size, o->sched.page_tokens) * sizeof(float));
-    adapter_service_init(&c.svc, &o->adapters, mc, &c.sched, ch);
-    plan_init(&c.plan);
-    server_hooks hooks = { .ctx = &c, .on_request = on_request, .on_cancel = on_cancel, .on_admin = on_admin };
-    int rc = serve(&c, &hooks, stop);
+    const coordinator_opts *o = c->o;
+    scheduler_opts so = o->sched;
+    so.n_pages = n_pages;
+    // Engine calls may now reach the hooks: from here on channel waits (plan broadcasts) must not poll.
+    channel_idle(NULL, NULL);
+    scheduler_init(&c->sched, &so, lora_page_floats(c->mc, o->adapters.tp_size, so.page_tokens) * sizeof(float));
+    adapter_service_init(&c->svc, &o->adapters, c->mc, &c->sched, c->ch);
+    plan_init(&c->plan);
+    c->loading = 0;
+    int rc = serve(c);
+    server_destroy(c->srv);
+    c->srv = NULL;
+    log_totals(c);
     if (rc != COORDINATOR_EXIT_WORKERS_LOST) {   // a lost worker would never take the last plan
-        plan_reset(&c.plan, PLAN_SHUTDOWN, 0);
-        channel_send_plan(ch, &c.plan);
+        plan_reset(&c->plan, PLAN_SHUTDOWN, 0);
+        channel_send_plan(c->ch, &c->plan);
     }
-    metrics_free(c.met);
-    plan_free(&c.plan);
-    adapter_service_free(&c.svc);
-    scheduler_free(&c.sched);
+    plan_free(&c->plan);
+    adapter_service_free(&c->svc);
+    scheduler_free(&c->sched);
+    coordinator_free(c);
     return rc;
 }

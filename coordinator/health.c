@@ -1,5 +1,7 @@
 /* grpc.health.v1.Health for the whole server, so that Kubernetes gRPC probes, grpc_health_probe and load
- * balancers see whether the model is loaded and whether the server is draining. It runs on the same
+ * balancers see whether the model is loaded and whether the server is draining: NOT_SERVING while the
+ * ranks load the model (the port opens before they finish), SERVING once all have, NOT_SERVING again
+ * from the drain on. It runs on the same
  * completion queue as Generate but never waits for the engine, so a probe is answered between two
  * scheduler steps even during long generations.
  *

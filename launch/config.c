@@ -64,6 +64,9 @@ static const cfg_entry cfg_table[] = {
       "non-zero); 0 = no limit" },
     { "metrics-listen", "LORASERVE_METRICS_LISTEN", CFG_STR, F(metrics_listen), "", 0, 0,
       "Prometheus metrics over HTTP at host:port/metrics (port 0 picks a free one, logged); empty = off" },
+    { "test-load-delay-s", "LORASERVE_TEST_LOAD_DELAY_S", CFG_DOUBLE, F(test_load_delay_s), "0", 0, 3600,
+      "for tests only: each worker waits this long after loading the model before reporting it loaded, so that "
+      "the loading phase (health NOT_SERVING) can be observed" },
 };
 #define N_CFG (sizeof cfg_table / sizeof cfg_table[0])
 

@@ -30,6 +30,7 @@ typedef struct ls_config {
     int allow_adapter_base_mismatch;
     int adapter_cache_mb;
     int prefetch_adapters;
+    double test_load_delay_s;       // tests only: workers report their load this much later
 } ls_config;
 
 /* Fills cfg from defaults, environment and argv. Returns 0, 1 when --help was printed, or -1 after

@@ -1,11 +1,14 @@
 /* loraserve's entry point. One binary, started by mpirun/srun: world rank 0 becomes the coordinator
  * (gRPC, tokenizer, scheduler, page allocator; no device code), ranks 1..T become the tensor-parallel
  * workers. Start-up is a two-round handshake so that a bad model directory or flag makes every rank
- * exit non-zero with the cause printed, before anything listens:
+ * exit non-zero with the cause printed, and never reports SERVING:
  *   1. rank 0 settles the model directory (generating the demo model when none is given) and sends it;
- *   2. every rank loads its part and reports {status, pool capacity}; rank 0 decides and sends go/no-go
- *      with the pool size all workers will mirror;
- *   3. workers allocate their pools and report again; then rank 0 serves. */
+ *   2. rank 0 loads its config and tokenizer and opens the gRPC port, which answers health NOT_SERVING
+ *      (a load can take minutes, and a probe should see a loading server, not a refused connection);
+ *   3. every rank loads its part and reports {status, pool capacity}; rank 0, still answering gRPC
+ *      while it waits, decides and sends go/no-go with the pool size all workers will mirror;
+ *   4. workers allocate their pools and report again; then rank 0 says SERVING and serves. A no-go
+ *      closes the port again before every rank exits. */
 #include <errno.h>
 #include <grpc/grpc.h>
 #include <mpi.h>
@@ -13,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/channel.h"
@@ -110,31 +114,12 @@ static const char *served_model_name(const char *dir)
     return slash && slash[1] ? slash + 1 : dir;
 }
 
-static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
+static coordinator_opts coordinator_opts_from(const ls_config *cfg, const char *dir, const channel *ch)
 {
-    char dir[PATH_BYTES] = { 0 };
-    channel_report rep = { .code = LS_OK };
-    ls_error err = { 0 };
-    coord_state cs = { 0 };
-    if (settle_model_dir(cfg, dir, &err) != LS_OK) report_error(&rep, &err);
-    bcast_bytes(world, dir, PATH_BYTES);
-    if (rep.code == LS_OK && coordinator_load(&cs, dir, &err) != LS_OK) report_error(&rep, &err);
-    int capacity = 0;
-    if (gather_reports(ch, &rep, &capacity) != 0) goto fail;
-    int n_pages = cfg->max_pages && cfg->max_pages < capacity ? cfg->max_pages : capacity;
-    if (n_pages < 1) {
-        fprintf(stderr, "loraserve: --kv-cache-mb %d holds no KV page of %d tokens\n", cfg->kv_cache_mb, cfg->page_tokens);
-        n_pages = -1;
-    }
-    bcast_bytes(world, &n_pages, sizeof n_pages);
-    if (n_pages < 1 || gather_reports(ch, &rep, &capacity) != 0) goto fail;
-    LOG_I("model %s: %d layers, hidden %d, vocab %d, context %d; %d workers; pool of %d pages x %d tokens",
-          cs.mc.architecture, cs.mc.n_layers, cs.mc.hidden_size, cs.mc.vocab_size, cs.mc.max_position,
-          ch->size - 1, n_pages, cfg->page_tokens);
-    coordinator_opts o = {
+    return (coordinator_opts){
         .server = { .listen_addr = cfg->listen, .max_receive_bytes = cfg->max_request_bytes,
                     .max_concurrent_streams = cfg->max_concurrent_streams },
-        .sched = { .n_pages = n_pages, .page_tokens = cfg->page_tokens, .max_batch = cfg->max_batch,
+        .sched = { .page_tokens = cfg->page_tokens, .max_batch = cfg->max_batch,
                    .max_step_tokens = cfg->max_step_tokens, .max_waiting = cfg->max_waiting,
                    .prefetch = cfg->prefetch_adapters },
         .adapters = { .root = cfg->adapters, .served_model = served_model_name(dir),
@@ -144,15 +129,59 @@ static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
         .shutdown_grace_s = cfg->shutdown_grace_s, .step_timeout_s = cfg->step_timeout_s,
         .metrics_listen = cfg->metrics_listen,
     };
+}
+
+/* Rank 0's side of rounds 3 and 4 (rep: its own outcome so far); returns the pool size, or -1 when
+ * start-up failed somewhere. */
+static int coordinator_handshake(const ls_config *cfg, channel *ch, channel_report *rep)
+{
+    int capacity = 0;
+    if (gather_reports(ch, rep, &capacity) != 0) return -1;
+    int n_pages = cfg->max_pages && cfg->max_pages < capacity ? cfg->max_pages : capacity;
+    if (n_pages < 1) {
+        fprintf(stderr, "loraserve: --kv-cache-mb %d holds no KV page of %d tokens\n", cfg->kv_cache_mb, cfg->page_tokens);
+        n_pages = -1;
+    }
+    bcast_bytes(ch->world, &n_pages, sizeof n_pages);
+    if (n_pages < 1 || gather_reports(ch, rep, &capacity) != 0) return -1;
+    return n_pages;
+}
+
+static int run_coordinator(const ls_config *cfg, MPI_Comm world, channel *ch)
+{
+    char dir[PATH_BYTES] = { 0 };
+    channel_report rep = { .code = LS_OK };
+    ls_error err = { 0 };
+    coord_state cs = { 0 };
+    coordinator *c = NULL;
+    if (settle_model_dir(cfg, dir, &err) != LS_OK) report_error(&rep, &err);
+    bcast_bytes(world, dir, PATH_BYTES);
+    if (rep.code == LS_OK && coordinator_load(&cs, dir, &err) != LS_OK) report_error(&rep, &err);
+    coordinator_opts o = coordinator_opts_from(cfg, dir, ch);
     grpc_init();
-    int rc = coordinator_run(&o, &cs.mc, cs.tok, ch, &stop_requested);
-    if (rc == COORDINATOR_EXIT_WORKERS_LOST) MPI_Abort(world, rc);     // the job cannot finalize cleanly
+    if (rep.code == LS_OK && !(c = coordinator_open(&o, &cs.mc, cs.tok, ch, &stop_requested, &err)))
+        report_error(&rep, &err);
+    int rc = 1, n_pages = coordinator_handshake(cfg, ch, &rep);
+    if (n_pages > 0) {
+        LOG_I("model %s: %d layers, hidden %d, vocab %d, context %d; %d workers; pool of %d pages x %d tokens",
+              cs.mc.architecture, cs.mc.n_layers, cs.mc.hidden_size, cs.mc.vocab_size, cs.mc.max_position,
+              ch->size - 1, n_pages, cfg->page_tokens);
+        rc = coordinator_run(c, n_pages);
+        if (rc == COORDINATOR_EXIT_WORKERS_LOST) MPI_Abort(world, rc);     // the job cannot finalize cleanly
+    } else {
+        coordinator_close(c);
+    }
     grpc_shutdown();
     tokenizer_free(cs.tok);
     return rc;
-fail:
-    tokenizer_free(cs.tok);
-    return 1;
+}
+
+/* --test-load-delay-s: lets a test watch the server while the workers are still loading. */
+static void test_load_delay(double s)
+{
+    if (s <= 0) return;
+    struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, channel *ch)
@@ -164,6 +193,7 @@ static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, ch
     memset(&wk, 0, sizeof wk);
     bcast_bytes(world, dir, PATH_BYTES);
     if (dir[0] && worker_load(&wk, dir, workers, cfg->backend, &err) != LS_OK) report_error(&rep, &err);
+    test_load_delay(cfg->test_load_delay_s);
     if (rep.code == LS_OK) rep.value = worker_pool_capacity(&wk, cfg->page_tokens, cfg->max_step_tokens,
                                                          (size_t)cfg->kv_cache_mb << 20);
     int unused, n_pages = 0;

@@ -271,7 +271,8 @@ def main(argv):
     ap.add_argument('--stream', action='store_true', help='use GenerateStream and print deltas as they come')
     ap.add_argument('--timeout', type=float, default=120.0, help='call deadline in seconds')
     ap.add_argument('--wait-ready', type=float, default=0.0, metavar='S',
-                    help='first wait up to S seconds for health SERVING')
+                    help='first wait up to S seconds for health SERVING (the port opens, NOT_SERVING, '
+                         'before the model has loaded)')
     ap.add_argument('--health', action='store_true', help='only print the health status')
     ap.add_argument('--load-adapter', metavar='NAME', help='only load an adapter (LoadAdapter) and print it')
     ap.add_argument('--unload-adapter', metavar='NAME', help='only unload an adapter (UnloadAdapter)')

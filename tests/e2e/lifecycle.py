@@ -13,34 +13,7 @@ import sys
 import threading
 import time
 
-from served import Server, Tap, generate
-
-
-class Watch:
-    """A grpc.health.v1 Watch on "", recording (status, time) pairs in a thread."""
-
-    def __init__(self, channel):
-        call = channel.unary_stream('/grpc.health.v1.Health/Watch', request_serializer=lambda b: b,
-                                    response_deserializer=lambda b: b)
-        self.seen, self.stream = [], call(generate.encode_health_request(''), timeout=120)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        try:
-            for raw in self.stream:
-                self.seen.append((generate.decode_health_response(raw), time.time()))
-        except Exception:  # noqa: BLE001  (the stream ends with the server)
-            pass
-
-    def first(self, status, timeout_s):
-        end = time.time() + timeout_s
-        while time.time() < end:
-            for st, t in self.seen:
-                if st == status:
-                    return t
-            time.sleep(0.02)
-        return None
+from served import Server, Tap, Watch, generate
 
 
 def start_calls(srv, n, max_new_tokens):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'scripts'))
@@ -25,6 +26,37 @@ class Tap:
     def done(self):
         print('1..%d' % self.n)
         return 1 if self.failed else 0
+
+
+class Watch:
+    """A grpc.health.v1 Watch on "", recording (status, time) pairs in a thread."""
+
+    def __init__(self, channel):
+        call = channel.unary_stream('/grpc.health.v1.Health/Watch', request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        self.seen, self.stream = [], call(generate.encode_health_request(''), timeout=120)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            for raw in self.stream:
+                self.seen.append((generate.decode_health_response(raw), time.time()))
+        except Exception:  # noqa: BLE001  (the stream ends with the server)
+            pass
+
+    def first(self, status, timeout_s, after=0.0):
+        """The time of the first `status` seen later than `after`, waiting up to timeout_s; None if none."""
+        end = time.time() + timeout_s
+        while time.time() < end:
+            for st, t in list(self.seen):
+                if st == status and t > after:
+                    return t
+            time.sleep(0.02)
+        return None
+
+    def statuses(self):
+        return [st for st, _ in self.seen]
 
 
 class Server:
