@@ -40,6 +40,8 @@ static const cfg_entry cfg_table[] = {
       "write the coordinator's pid here (SIGTERM to it stops the server gracefully)" },
     { "backend", "LORASERVE_BACKEND", CFG_STR, F(backend), "auto", 0, 0,
       "auto (CUDA when built with it and every worker sees a GPU), cpu or cuda" },
+    { "cuda-graphs", "LORASERVE_CUDA_GRAPHS", CFG_INT, F(cuda_graphs), "1", 0, 1,
+      "CUDA backend: 1 replays decode steps as CUDA graphs (one capture per batch size), 0 launches every kernel" },
     { "log-level", "LORASERVE_LOG_LEVEL", CFG_STR, F(log_level), "info", 0, 0, "error, warn, info or debug" },
     { "max-waiting", "LORASERVE_MAX_WAITING", CFG_INT, F(max_waiting), "256", 1, 1e6,
       "queued requests at most; more are refused with RESOURCE_EXHAUSTED" },

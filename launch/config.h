@@ -29,6 +29,7 @@ typedef struct ls_config {
     const char *metrics_listen;     // "" = no metrics endpoint
     int allow_adapter_base_mismatch;
     int adapter_cache_mb;
+    int cuda_graphs;
     int prefetch_adapters;
     double test_load_delay_s;       // tests only: workers report their load this much later
 } ls_config;

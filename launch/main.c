@@ -202,6 +202,7 @@ static int run_worker(const ls_config *cfg, MPI_Comm world, MPI_Comm workers, ch
     if (n_pages < 1) goto out;
     wk.allow_base_mismatch = cfg->allow_adapter_base_mismatch;
     wk.adapter_cache_bytes = (size_t)cfg->adapter_cache_mb << 20;
+    wk.cuda_graphs = cfg->cuda_graphs;
     if (worker_start(&wk, n_pages, cfg->page_tokens, cfg->max_step_tokens, &err) != LS_OK) report_error(&rep, &err);
     if (gather_reports(ch, &rep, &unused) != 0) goto out;
     worker_serve(&wk, ch);
