@@ -177,11 +177,12 @@ plan_cmd channel_recv_plan(channel *c, plan *p)
 void channel_tokens_post(channel *c, int n)
 {
     LS_ASSERT(!c->tok_pending);
-    if (n > c->tok_cap) {
-        c->tok_cap = n * 2;
+    if (n + CHANNEL_TOKEN_EXTRA > c->tok_cap) {
+        c->tok_cap = 2 * (n + CHANNEL_TOKEN_EXTRA);
         c->tok_buf = ls_xrealloc(c->tok_buf, (size_t)c->tok_cap * sizeof *c->tok_buf);
     }
-    MPI_CHECK(MPI_Irecv(c->tok_buf, n, MPI_INT32_T, 1, TAG_TOKENS, c->world, &c->tok_req));
+    c->tok_n = n;
+    MPI_CHECK(MPI_Irecv(c->tok_buf, n + CHANNEL_TOKEN_EXTRA, MPI_INT32_T, 1, TAG_TOKENS, c->world, &c->tok_req));
     c->tok_pending = 1;
 }
 
@@ -196,10 +197,16 @@ int channel_tokens_test(channel *c, const int32_t **ids)
     return 1;
 }
 
+void channel_tokens_adapter_us(const channel *c, int32_t *read_us, int32_t *copy_us)
+{
+    *read_us = c->tok_buf[c->tok_n];
+    *copy_us = c->tok_buf[c->tok_n + 1];
+}
+
 void channel_tokens_send(channel *c, const int32_t *ids, int n)
 {
     MPI_Request r;
-    MPI_CHECK(MPI_Isend(ids, n, MPI_INT32_T, 0, TAG_TOKENS, c->world, &r));
+    MPI_CHECK(MPI_Isend(ids, n + CHANNEL_TOKEN_EXTRA, MPI_INT32_T, 0, TAG_TOKENS, c->world, &r));
     channel_wait(&r);
 }
 

@@ -26,7 +26,7 @@ typedef struct channel {
     size_t cap;
     MPI_Request tok_req;        // rank 0: the pending receive of sampled ids
     int32_t *tok_buf;
-    int tok_cap;
+    int tok_cap, tok_n;
     int tok_pending;
     int32_t *peer_pids;         // rank 0: (size) pid of each rank on this host that can be watched, else 0
 } channel;
@@ -76,7 +76,12 @@ void channel_gather_reports(channel *c, const channel_report *mine, channel_repo
 void channel_tokens_post(channel *c, int n);
 /* Rank 0: 1 when the ids have arrived (*ids then points into the channel, valid until the next post). */
 int channel_tokens_test(channel *c, const int32_t **ids);
-/* Worker rank 1: returns the sampled ids of a step. */
+/* Rank 0, after channel_tokens_test: the step's adapter times on worker rank 1, in microseconds (host
+ * reads of adapter files into memory; device time of the host-to-device copies). */
+void channel_tokens_adapter_us(const channel *c, int32_t *read_us, int32_t *copy_us);
+/* Worker rank 1: returns the sampled ids of a step; ids[n] and ids[n + 1] carry its adapter read and
+ * copy times (microseconds), so ids holds n + CHANNEL_TOKEN_EXTRA values. */
+#define CHANNEL_TOKEN_EXTRA 2
 void channel_tokens_send(channel *c, const int32_t *ids, int n);
 
 #endif

@@ -314,6 +314,9 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
             return 1;
         }
         c->in_flight = 0;
+        int32_t read_us, copy_us;
+        channel_tokens_adapter_us(c->ch, &read_us, &copy_us);
+        metrics_adapter_times(c->met, read_us / 1e6, copy_us / 1e6);
         apply_results(c, ids);
     }
     reap_cancelled(c);

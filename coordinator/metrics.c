@@ -29,6 +29,7 @@ typedef struct snapshot {
     uint64_t requests[METRICS_CODES];
     uint64_t tokens, prompt_tokens, steps, preemptions;
     uint64_t adapter_loads, adapter_evictions, adapter_bytes;
+    double adapter_read_s, adapter_copy_s;
     int waiting, running, batch;
     int pages_total, pages_used[PAGE_USE_COUNT];
     int adapters_registered, adapters_resident, n_listed;
@@ -84,6 +85,12 @@ void metrics_step(metrics *m, int batch)
 {
     m->live.steps++;
     m->live.batch = batch;
+}
+
+void metrics_adapter_times(metrics *m, double read_s, double copy_s)
+{
+    m->live.adapter_read_s += read_s;
+    m->live.adapter_copy_s += copy_s;
 }
 
 /* Keeps the METRICS_TOP_ADAPTERS most recently used resident adapters, newest first (insertion into a
@@ -223,6 +230,12 @@ static void adapters_write(text *b, const snapshot *s)
     scalar(b, "adapter_evictions_total", "counter", "idle adapters evicted from the pool", (double)s->adapter_evictions);
     scalar(b, "adapter_copy_bytes_total", "counter", "bytes of adapter rows copied host to device, per worker",
            (double)s->adapter_bytes);
+    scalar(b, "adapter_read_seconds_total", "counter",
+           "host time worker rank 1 spent reading adapter files into memory (CPU backend: with the copy)",
+           s->adapter_read_s);
+    scalar(b, "adapter_copy_seconds_total", "counter",
+           "device time of worker rank 1's host-to-device adapter copies (copy stream, overlapping compute)",
+           s->adapter_copy_s);
 }
 
 static void metrics_format(text *b, const snapshot *s)

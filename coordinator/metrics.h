@@ -27,6 +27,7 @@ void metrics_prompt(metrics *m, int prompt_tokens);          // a request was ad
 void metrics_first_token(metrics *m, double since_arrival_s);
 void metrics_next_token(metrics *m, double since_previous_s);
 void metrics_step(metrics *m, int batch);                    // a step ran with `batch` sequences
+void metrics_adapter_times(metrics *m, double read_s, double copy_s);   // a step's adapter reads and copies
 
 /* Makes the counters and the scheduler's gauges visible to scrapes: at once when force, else only when
  * the last publish is older than the throttle. */

@@ -2,6 +2,7 @@
 #include "worker/worker.h"
 
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #ifdef LORASERVE_HAVE_CUDA
@@ -83,7 +84,7 @@ ls_status worker_start(worker *wk, int n_pages, int page_tokens, int max_tokens,
         size_t V = (size_t)wk->w.cfg.vocab_size;
         wk->logits = ls_xmalloc((size_t)max_tokens * V * sizeof(float));
         wk->sample_scratch = ls_xmalloc(V * (sizeof(float) + sizeof(int32_t)));
-        wk->sampled = ls_xmalloc((size_t)max_tokens * sizeof(int32_t));
+        wk->sampled = ls_xmalloc(((size_t)max_tokens + CHANNEL_TOKEN_EXTRA) * sizeof(int32_t));
     }
     return LS_OK;
 }
@@ -148,12 +149,20 @@ ls_status worker_forward(worker *wk, const plan *p, ls_error *err)
 {
 #ifdef LORASERVE_HAVE_CUDA
     if (wk->cuda) {
+        wk->adapter_read_s = wk->adapter_copy_s = 0;
         if (!p->h.n_seqs && !p->h.n_adapters) return LS_OK;
-        return cuda_forward_step(wk->cuda, p, wk->sampled, wk->keep_logits ? wk->logits : NULL, err);
+        ls_status st = cuda_forward_step(wk->cuda, p, wk->sampled, wk->keep_logits ? wk->logits : NULL, err);
+        cuda_lora_step_times(&wk->cuda->lora, &wk->adapter_read_s, &wk->adapter_copy_s);
+        return st;
     }
 #endif
     (void)err;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     place_adapters(wk, p);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    wk->adapter_read_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    wk->adapter_copy_s = 0;
     if (p->h.n_seqs) forward_step(&wk->fwd, p, wk->logits);
     if (wk->col.rank == 0) worker_sample(wk, p, wk->logits, wk->sampled);
     return LS_OK;
@@ -175,7 +184,11 @@ void worker_serve(worker *wk, channel *ch)
             LOG_E("step %llu failed: %s", (unsigned long long)p.h.step, err.msg);
             MPI_Abort(MPI_COMM_WORLD, 3);
         }
-        if (wk->col.rank == 0) channel_tokens_send(ch, wk->sampled, p.h.n_sample);
+        if (wk->col.rank == 0) {
+            wk->sampled[p.h.n_sample] = (int32_t)(wk->adapter_read_s * 1e6);
+            wk->sampled[p.h.n_sample + 1] = (int32_t)(wk->adapter_copy_s * 1e6);
+            channel_tokens_send(ch, wk->sampled, p.h.n_sample);
+        }
     }
     plan_free(&p);
 }

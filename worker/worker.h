@@ -25,7 +25,8 @@ typedef struct worker {
     int keep_logits;            // CUDA: also copy the sampled rows' logits to `logits` (tests)
     float *logits;              // (max_tokens, vocab) on worker rank 0
     void *sample_scratch;
-    int32_t *sampled;
+    int32_t *sampled;           // ids, then the step's adapter read and copy microseconds
+    double adapter_read_s, adapter_copy_s;      // the last step's (copy is 0 on the CPU: part of read)
 } worker;
 
 /* Loads the shard of this rank of the workers' communicator. backend: "cpu", "cuda", or "auto" (CUDA

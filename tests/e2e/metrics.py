@@ -124,6 +124,9 @@ def check_after(t, port, ok, n_bad):
     t.ok(val(s, 'adapter_loads_total') == 2 and val(s, 'adapters_registered') == 2 and
          val(s, 'adapters_resident') == 2 and val(s, 'adapter_copy_bytes_total') > 0,
          'adapter loads 2, registered 2, resident 2, %d bytes copied' % val(s, 'adapter_copy_bytes_total'))
+    t.ok(val(s, 'adapter_read_seconds_total') > 0 and val(s, 'adapter_copy_seconds_total') >= 0,
+         'adapter read time %.6f s, copy time %.6f s (worker rank 1)' % (val(s, 'adapter_read_seconds_total'),
+                                                                        val(s, 'adapter_copy_seconds_total')))
 
 
 def check_http(t, port):

@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "common/peft.h"
@@ -98,6 +99,8 @@ ls_status cuda_lora_start(cuda_lora *L, const adapter_store *store, const model_
     L->arena_gen = 1;           // built_gen 0 = never built
     CU_CHECK(cudaStreamCreateWithFlags(&L->copy, cudaStreamNonBlocking));
     CU_CHECK(cudaEventCreateWithFlags(&L->copied, cudaEventDisableTiming));
+    CU_CHECK(cudaEventCreate(&L->copy_t0));
+    CU_CHECK(cudaEventCreate(&L->copy_t1));
     size_t hp = hot_bytes / L->page_bytes;
     L->hot_pages = hp > INT_MAX ? INT_MAX : (int)hp;
     L->free_pages = ls_xcalloc((size_t)L->hot_pages + 1, sizeof *L->free_pages);
@@ -178,6 +181,8 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
     }
     memset(L->shard, 0, bytes);     // page tails are not written by the reader
     // Read straight into the storage type: a 16-bit file of that type is copied, not widened and rounded.
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     const adapter_store *s = L->store;
     ls_status st = L->dt == DEV_F32
         ? peft_read_shard(&a->peft, s->cfg, s->tp_rank, s->tp_size, L->page_elems, (float *)L->shard, err)
@@ -190,6 +195,8 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
         e->hot[p] = L->free_pages[--L->n_free];
         memcpy(L->hot + (size_t)e->hot[p] * L->page_bytes, L->shard + (size_t)p * L->page_bytes, L->page_bytes);
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    L->read_s += (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     return LS_OK;
 }
 
@@ -198,6 +205,7 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
 static void copy_in(cuda_lora *L, cuda_lora_entry *e)
 {
     int n = e->src->n_pages;
+    if (!L->wait_pending) CU_CHECK(cudaEventRecord(L->copy_t0, L->copy));     // the step's first copy
     for (int p = 0; p < n;) {
         int run = 1;
         while (p + run < n && e->pages[p + run] == e->pages[p] + run && e->hot[p + run] == e->hot[p] + run) run++;
@@ -430,7 +438,11 @@ ls_status cuda_lora_prepare(cuda_lora *L, const plan *p, ls_error *err)
         if ((st = note(L, id, &e, err))) return st;
         if (!e->n_pages) return ls_fail(err, LS_INTERNAL, "the step uses adapter %d, which no step has placed", id);
     }
-    if (L->wait_pending) CU_CHECK(cudaEventRecord(L->copied, L->copy));
+    if (L->wait_pending) {
+        CU_CHECK(cudaEventRecord(L->copy_t1, L->copy));
+        CU_CHECK(cudaEventRecord(L->copied, L->copy));
+        L->timed = 1;
+    }
     if ((st = build_descriptors(L, err))) return st;
     if (L->active) build_tables(L, p);
     return LS_OK;
@@ -527,6 +539,18 @@ ls_status cuda_lora_row(cuda_lora *L, int layer, lora_module m, const void *x, i
     return LS_OK;
 }
 
+void cuda_lora_step_times(cuda_lora *L, double *read_s, double *copy_s)
+{
+    *read_s = L->read_s;
+    *copy_s = 0;
+    L->read_s = 0;
+    if (!L->timed) return;
+    L->timed = 0;
+    float ms = 0;
+    // The step waited for its copies (the compute stream waits on `copied`, recorded after copy_t1).
+    if (cudaEventElapsedTime(&ms, L->copy_t0, L->copy_t1) == cudaSuccess) *copy_s = ms / 1e3;
+}
+
 void cuda_lora_warm(cuda_lora *L, int32_t id)
 {
     const adapter_store *s = L->store;
@@ -556,6 +580,8 @@ void cuda_lora_free(cuda_lora *L)
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
     if (L->copied) cudaEventDestroy(L->copied);
+    if (L->copy_t0) cudaEventDestroy(L->copy_t0);
+    if (L->copy_t1) cudaEventDestroy(L->copy_t1);
     if (L->copy) cudaStreamDestroy(L->copy);
     free(L->free_pages);
     free(L->shard);

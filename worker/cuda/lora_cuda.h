@@ -66,6 +66,9 @@ typedef struct cuda_lora {
     int n_pages, max_tokens, tp_rank, tp_size;
     cudaStream_t compute, copy;
     cudaEvent_t copied;         // recorded on copy after the step's copies
+    cudaEvent_t copy_t0, copy_t1;   // timing: around the step's copies (timed = 1 when both were recorded)
+    int timed;
+    double read_s;              // host time reading adapter files since the last cuda_lora_step_times
     nccl_comm *nc;
     // pinned hot set of converted shard pages
     char *hot;
@@ -118,6 +121,9 @@ ls_status cuda_lora_column(cuda_lora *L, int layer, const lora_module *mods, int
 ls_status cuda_lora_row(cuda_lora *L, int layer, lora_module m, const void *x, int n, int in_local, void *y,
                         int y_stride, ls_error *err);
 /* Forgets slot id (PLAN_ADAPTER_DROP): its hot pages and descriptors. */
+/* After a step has completed: the host time spent reading adapter files since the last call (steps and
+ * warm-ups) and the device time of the step's host-to-device adapter copies, in seconds. */
+void cuda_lora_step_times(cuda_lora *L, double *read_s, double *copy_s);
 /* Reads a newly registered adapter's shard into free pages of the pinned hot set (never evicting), so
  * that its first use only copies host to device: with a hot set as large as the adapter population (as
  * S-LoRA keeps every adapter in host memory) no step waits on a file. */
