@@ -17,19 +17,13 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/model_gen.h"
 #include "common/peft_gen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "worker/adapter_store.h"
 #include "worker/cuda/forward_cuda.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Copy bandwidth (bytes read + written per second) of a 2 GiB device-to-device copy. */
 static double copy_ceiling(void)
@@ -40,10 +34,10 @@ static double copy_ceiling(void)
     cudaMalloc(&b, n);
     cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
     cudaDeviceSynchronize();
-    double t = now_s();
+    double t = clock_now_s();
     for (int i = 0; i < 10; i++) cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
     cudaDeviceSynchronize();
-    double bw = 2.0 * n * 10 / (now_s() - t);
+    double bw = 2.0 * n * 10 / (clock_now_s() - t);
     cudaFree(a);
     cudaFree(b);
     return bw;
@@ -68,12 +62,12 @@ static double gemm_ceiling(void)
                      CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     }
     cudaDeviceSynchronize();
-    double t = now_s();
+    double t = clock_now_s();
     for (int i = 0; i < 10; i++)
         cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &zero, c,
                      CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     cudaDeviceSynchronize();
-    double rate = 2.0 * n * n * (double)n * 10 / (now_s() - t);
+    double rate = 2.0 * n * n * (double)n * 10 / (clock_now_s() - t);
     cublasDestroy(h);
     cudaFree(a); cudaFree(b); cudaFree(c);
     return rate;
@@ -116,7 +110,7 @@ static void generate(const char *dir, model_gen_opts *o)
     model_config *c = &o->cfg;
     ls_error err = { 0 };
     mkdir(dir, 0755);
-    double t = now_s();
+    double t = clock_now_s();
     if (model_gen_write(dir, o, &err) != LS_OK) { fprintf(stderr, "%s\n", err.msg); MPI_Abort(MPI_COMM_WORLD, 1); }
     for (int i = 0; i < 4; i++) {
         char path[4200];
@@ -132,7 +126,7 @@ static void generate(const char *dir, model_gen_opts *o)
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
     }
-    fprintf(stderr, "generated %s and its adapters in %.1f s\n", dir, now_s() - t);
+    fprintf(stderr, "generated %s and its adapters in %.1f s\n", dir, clock_now_s() - t);
 }
 
 /* Registers the 64 slots and copies each into its pages (one copies-only step); pages from first_page. */
@@ -245,9 +239,9 @@ static double time_steps(cuda_forward *f, const plan *p, int reps, int32_t *ids)
 {
     ls_error err = { 0 };
     for (int i = 0; i < 3; i++) cuda_forward_step(f, p, ids, NULL, &err);
-    double t = now_s();
+    double t = clock_now_s();
     for (int i = 0; i < reps; i++) cuda_forward_step(f, p, ids, NULL, &err);
-    return (now_s() - t) / reps;
+    return (clock_now_s() - t) / reps;
 }
 
 int main(int argc, char **argv)

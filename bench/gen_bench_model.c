@@ -17,18 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/model_gen.h"
 #include "common/peft_gen.h"
 
 #define MAX_RANKS 16
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int usage(void)
 {
@@ -67,12 +61,12 @@ static int gen_model(const char *dir, const char *shape)
     model_gen_opts o;
     ls_error err = { 0 };
     if (model_opts(shape, &o)) return usage();
-    double t = now_s();
+    double t = clock_now_s();
     if (model_gen_write(dir, &o, &err) != LS_OK) {
         fprintf(stderr, "gen_bench_model: %s\n", err.msg);
         return 1;
     }
-    fprintf(stderr, "gen_bench_model: %s model in %s (%.1f s)\n", shape, dir, now_s() - t);
+    fprintf(stderr, "gen_bench_model: %s model in %s (%.1f s)\n", shape, dir, clock_now_s() - t);
     return 0;
 }
 
@@ -145,7 +139,7 @@ static int gen_adapters(int argc, char **argv)
     snprintf(trimmed, sizeof trimmed, "%s", base);
     for (size_t k = strlen(trimmed); k > 1 && trimmed[k - 1] == '/'; k--) trimmed[k - 1] = 0;
     const char *slash = strrchr(trimmed, '/');
-    double t = now_s();
+    double t = clock_now_s();
     for (int i = 0; i < n_distinct; i++) {
         peft_gen_opts o = peft_gen_default_opts();
         o.r = ranks[i % n_ranks];
@@ -165,7 +159,7 @@ static int gen_adapters(int argc, char **argv)
     for (int i = n_distinct; i < n_names; i++)
         if (link_name(out, i, i % n_distinct)) return 1;
     fprintf(stderr, "gen_bench_model: %d adapter names (%d distinct, ranks %s) in %s (%.1f s)\n", n_names,
-            n_distinct, argv[6], out, now_s() - t);
+            n_distinct, argv[6], out, clock_now_s() - t);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 /* Waits spin briefly (a step's reply is often microseconds away), then nap 50 us, and once the wait
@@ -101,17 +102,10 @@ void channel_idle(void (*fn)(void *ctx), void *ctx)
     idle.ctx = ctx;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* A wait on a dead rank never completes: let the watch judge it. */
 static void watch_check(int64_t start_ns, int64_t *next_ns)
 {
-    int64_t t = mono_ns();
+    int64_t t = clock_now_ns();
     if (t < *next_ns) return;
     *next_ns = t + WATCH_EVERY_NS;
     watch.check(watch.ctx, (double)(t - start_ns) / 1e9);
@@ -126,7 +120,7 @@ void channel_wait(MPI_Request *r)
         MPI_CHECK(MPI_Test(r, &done, MPI_STATUS_IGNORE));
         if (done) return;
         if (i < SPIN_TESTS) continue;
-        if (i == SPIN_TESTS && watch.check) next_check_ns = (start_ns = mono_ns()) + WATCH_EVERY_NS;
+        if (i == SPIN_TESTS && watch.check) next_check_ns = (start_ns = clock_now_ns()) + WATCH_EVERY_NS;
         nanosleep(i < SPIN_TESTS + SHORT_NAPS ? &short_nap : &long_nap, NULL);
         if (idle.fn) idle.fn(idle.ctx);
         if (watch.check) watch_check(start_ns, &next_check_ns);

@@ -168,36 +168,6 @@ typedef struct shard_ctx {
     st_dtype want;
 } shard_ctx;
 
-/* n elements of t at first, first + stride, ... as fp32 (a column of lora_B is a B^T row). */
-static void strided_to_f32(float *dst, const st_tensor *t, size_t first, size_t stride, size_t n)
-{
-    LS_ASSERT(n == 0 || first + (n - 1) * stride < t->numel);
-    const unsigned char *src = t->data;
-    for (size_t i = 0; i < n; i++) {
-        size_t k = first + i * stride;
-        uint16_t h;
-        if (t->dtype == ST_F32) { memcpy(&dst[i], src + 4 * k, 4); continue; }
-        memcpy(&h, src + 2 * k, 2);
-        dst[i] = t->dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
-    }
-}
-
-static void put_row(void *ctx, int layer, lora_module m, int is_b, int row, int page, size_t offset, int len)
-{
-    const shard_ctx *s = ctx;
-    int idx = layer * LORA_N_MODULES + m, r = s->a->shape.rank[idx];
-    lora_module_dims d = lora_module_shard(s->base, m, r, s->tp_rank, s->tp_size);
-    const st_tensor *t = s->w->t[2 * idx + is_b];
-    float *out = s->dst + (size_t)page * s->page_floats + offset;
-    if (!is_b) {
-        // Row-split modules hold this rank's slice of the input columns; column-split ones all of them.
-        size_t in = (size_t)t->shape[1], col = d.split_rank ? 0 : (size_t)s->tp_rank * (size_t)d.in_local;
-        st_to_f32(out, t, (size_t)(d.a_rank0 + row) * in + col, (size_t)len);
-    } else {
-        strided_to_f32(out, t, (size_t)d.out_offset * (size_t)r + (size_t)row, (size_t)r, (size_t)len);
-    }
-}
-
 /* Element k of t as fp32. */
 static float elem_f32(const st_tensor *t, size_t k)
 {
@@ -207,6 +177,40 @@ static float elem_f32(const st_tensor *t, size_t k)
     if (t->dtype == ST_F32) { memcpy(&f, src + 4 * k, 4); return f; }
     memcpy(&h, src + 2 * k, 2);
     return t->dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
+}
+
+/* Where a pool row comes from: the tensor and its elements first, first + stride, ... An A row is a
+ * slice of a lora_A row (row-split modules hold this rank's input columns, column-split ones all of
+ * them); a B^T row is a column of lora_B. */
+static const st_tensor *row_source(const shard_ctx *s, int layer, lora_module m, int is_b, int row, size_t *first,
+                                   size_t *stride)
+{
+    int idx = layer * LORA_N_MODULES + m, r = s->a->shape.rank[idx];
+    lora_module_dims d = lora_module_shard(s->base, m, r, s->tp_rank, s->tp_size);
+    const st_tensor *t = s->w->t[2 * idx + is_b];
+    if (!is_b) {
+        size_t in = (size_t)t->shape[1], col = d.split_rank ? 0 : (size_t)s->tp_rank * (size_t)d.in_local;
+        *first = (size_t)(d.a_rank0 + row) * in + col;
+        *stride = 1;
+    } else {
+        *first = (size_t)d.out_offset * (size_t)r + (size_t)row;
+        *stride = (size_t)r;
+    }
+    return t;
+}
+
+static void put_row(void *ctx, int layer, lora_module m, int is_b, int row, int page, size_t offset, int len)
+{
+    const shard_ctx *s = ctx;
+    size_t first, stride;
+    const st_tensor *t = row_source(s, layer, m, is_b, row, &first, &stride);
+    float *out = s->dst + (size_t)page * s->page_floats + offset;
+    LS_ASSERT(len == 0 || first + (size_t)(len - 1) * stride < t->numel);
+    if (stride == 1) {
+        st_to_f32(out, t, first, (size_t)len);
+        return;
+    }
+    for (int i = 0; i < len; i++) out[i] = elem_f32(t, first + (size_t)i * stride);
 }
 
 /* n elements of t at first, first + stride, ... in the 16-bit type want: bits copied when t already
@@ -230,16 +234,9 @@ static void strided_to_16(uint16_t *dst, const st_tensor *t, size_t first, size_
 static void put_row16(void *ctx, int layer, lora_module m, int is_b, int row, int page, size_t offset, int len)
 {
     const shard_ctx *s = ctx;
-    int idx = layer * LORA_N_MODULES + m, r = s->a->shape.rank[idx];
-    lora_module_dims d = lora_module_shard(s->base, m, r, s->tp_rank, s->tp_size);
-    const st_tensor *t = s->w->t[2 * idx + is_b];
-    uint16_t *out = s->dst16 + (size_t)page * s->page_floats + offset;
-    if (!is_b) {
-        size_t in = (size_t)t->shape[1], col = d.split_rank ? 0 : (size_t)s->tp_rank * (size_t)d.in_local;
-        strided_to_16(out, t, (size_t)(d.a_rank0 + row) * in + col, 1, (size_t)len, s->want);
-    } else {
-        strided_to_16(out, t, (size_t)d.out_offset * (size_t)r + (size_t)row, (size_t)r, (size_t)len, s->want);
-    }
+    size_t first, stride;
+    const st_tensor *t = row_source(s, layer, m, is_b, row, &first, &stride);
+    strided_to_16(s->dst16 + (size_t)page * s->page_floats + offset, t, first, stride, (size_t)len, s->want);
 }
 
 /* TP must split every adapted module evenly and every row must fit a page; walking would abort otherwise. */

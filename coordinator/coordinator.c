@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "coordinator/metrics.h"
 
@@ -46,13 +47,6 @@ struct coordinator {
 // step that has not come back DRAIN_STALL_NS after the stop (or 4x the longest recent step, if more) is
 // taken for a lost worker: the calls are answered while the coordinator still can.
 enum { WATCH_EVERY_NS = 100 * 1000 * 1000, DRAIN_STALL_NS = 500 * 1000 * 1000 };
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static double secs(int64_t from, int64_t to) { return from && to ? (double)(to - from) / 1e9 : 0; }
 
@@ -105,7 +99,7 @@ static ls_status on_request(void *ctx, server_call *call, const Loraserve__V1__G
     r->call = call;
     r->streaming = streaming;
     r->deadline_ms = deadline_ms;
-    r->t_arrival_ns = now_ns();
+    r->t_arrival_ns = clock_now_ns();
     server_call_set_user(call, r);
     metrics_prompt(c->met, r->n_prompt);
     LOG_I("request %s admitted: adapter=%s prompt_tokens=%d max_new_tokens=%d stream=%d%s", r->id, adapter_label(r),
@@ -165,14 +159,14 @@ static void finish_request(coordinator *c, request *r, ls_status status, const c
     adapter_service_detach(r);
     ls_status final = r->cancelled ? LS_CANCELLED : status;
     metrics_request_done(c->met, final);
-    log_finish(r, final, r->cancelled ? "cancelled by the client" : why, now_ns());
+    log_finish(r, final, r->cancelled ? "cancelled by the client" : why, clock_now_ns());
     if (r->cancelled) {
         server_call_finish(r->call, NULL, LS_CANCELLED, "cancelled");
     } else if (status != LS_OK) {
         server_call_finish(r->call, NULL, status, why);
         c->stats.requests_failed++;
     } else {
-        int64_t t = now_ns();
+        int64_t t = clock_now_ns();
         Loraserve__V1__GenerateResponse msg = LORASERVE__V1__GENERATE_RESPONSE__INIT;
         fill_delta(r, r->text_len, &msg);
         msg.finish_reason = r->finish;
@@ -225,7 +219,7 @@ static void fail_all(coordinator *c, ls_status status, const char *why)
 static void apply_results(coordinator *c, const int32_t *ids)
 {
     scheduler *s = &c->sched;
-    int64_t t = now_ns();
+    int64_t t = clock_now_ns();
     scheduler_step_done(s);
     c->stats.steps++;
     metrics_step(c->met, s->n_step);
@@ -258,13 +252,13 @@ static void start_step(coordinator *c)
     channel_tokens_post(c->ch, c->plan.h.n_sample);
     channel_send_plan(c->ch, &c->plan);
     c->in_flight = 1;
-    c->step_started_ns = now_ns();
+    c->step_started_ns = clock_now_ns();
 }
 
 /* Sets c->lost when a worker rank has exited or the step in flight is overdue; returns 1 then. */
 static int workers_lost(coordinator *c)
 {
-    int64_t t = now_ns();
+    int64_t t = clock_now_ns();
     if (t < c->next_watch_ns) return 0;
     c->next_watch_ns = t + WATCH_EVERY_NS;
     int rank = channel_peer_lost(c->ch);
@@ -297,14 +291,14 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
 {
     if (workers_lost(c)) return 0;
     if (*stop && !c->draining) {
-        c->stop_ns = now_ns();
+        c->stop_ns = clock_now_ns();
         LOG_I("stopping: draining %d running and %d waiting requests", c->sched.running.n, c->sched.waiting.n);
         c->draining = 1;
         server_drain(c->srv);
-        *grace_end = now_ns() + (int64_t)(c->o->shutdown_grace_s * 1e9);
+        *grace_end = clock_now_ns() + (int64_t)(c->o->shutdown_grace_s * 1e9);
     }
     int idle = scheduler_idle(&c->sched) && !adapter_service_busy(&c->svc);
-    if (c->draining && !c->in_flight && (idle || now_ns() >= *grace_end)) return 0;
+    if (c->draining && !c->in_flight && (idle || clock_now_ns() >= *grace_end)) return 0;
     server_poll(c->srv, c->in_flight || !idle ? 0 : 50);
     if (c->in_flight) {
         const int32_t *ids;
@@ -323,7 +317,7 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
     adapter_service_run(&c->svc, on_adapter_ready, c);
     // Past the grace no new step starts: under steady load a step is always in flight, so the check
     // above would otherwise never see a gap and the grace would not bound the drain.
-    if (!c->draining || now_ns() < *grace_end) start_step(c);
+    if (!c->draining || clock_now_ns() < *grace_end) start_step(c);
     return 1;
 }
 
@@ -333,8 +327,8 @@ static void answer_lost(coordinator *c)
 {
     server_drain(c->srv);
     fail_all(c, LS_UNAVAILABLE, c->lost);
-    int64_t end = now_ns() + DRAIN_STALL_NS;
-    while (server_live_calls(c->srv) > 0 && now_ns() < end) server_poll(c->srv, 10);
+    int64_t end = clock_now_ns() + DRAIN_STALL_NS;
+    while (server_live_calls(c->srv) > 0 && clock_now_ns() < end) server_poll(c->srv, 10);
 }
 
 /* Called from inside a blocking channel wait (a plan broadcast, an adapter command's reports) that has
@@ -343,7 +337,7 @@ static void answer_lost(coordinator *c)
 static void on_long_wait(void *ctx, double waited_s)
 {
     coordinator *c = ctx;
-    int64_t t = now_ns();
+    int64_t t = clock_now_ns();
     if (*c->stop && !c->stop_ns) c->stop_ns = t;
     int rank = channel_peer_lost(c->ch);
     if (rank)
@@ -377,7 +371,7 @@ static void on_loading_idle(void *ctx)
     coordinator *c = ctx;
     server_poll(c->srv, 0);
     if (!*c->stop || c->stop_ns) return;
-    c->stop_ns = now_ns();
+    c->stop_ns = clock_now_ns();
     LOG_I("stop signal while the workers load the model: stopping once they have reported");
     server_drain(c->srv);
 }

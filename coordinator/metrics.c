@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 enum { METRICS_CODES = 17, METRICS_TOP_ADAPTERS = 64, HIST_MAX = 16, PUBLISH_EVERY_NS = 50 * 1000 * 1000 };
@@ -45,13 +46,6 @@ struct metrics {
     struct MHD_Daemon *httpd;
     int port;
 };
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void hist_observe(hist *h, const double *bounds, int n, double v)
 {
@@ -132,7 +126,7 @@ static void read_gauges(snapshot *s, const scheduler *sc)
 
 void metrics_publish(metrics *m, const scheduler *s, int force)
 {
-    int64_t t = mono_ns();
+    int64_t t = clock_now_ns();
     if (!force && t - m->last_publish_ns < PUBLISH_EVERY_NS) return;
     m->last_publish_ns = t;
     read_gauges(&m->live, s);

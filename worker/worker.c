@@ -2,8 +2,8 @@
 #include "worker/worker.h"
 
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #ifdef LORASERVE_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -157,11 +157,9 @@ ls_status worker_forward(worker *wk, const plan *p, ls_error *err)
     }
 #endif
     (void)err;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_now_s();
     place_adapters(wk, p);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    wk->adapter_read_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    wk->adapter_read_s = clock_now_s() - t0;
     wk->adapter_copy_s = 0;
     if (p->h.n_seqs) forward_step(&wk->fwd, p, wk->logits);
     if (wk->col.rank == 0) worker_sample(wk, p, wk->logits, wk->sampled);

@@ -8,7 +8,6 @@ usage: dead_worker.py MPIRUN LORASERVE   (prints TAP)"""
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -54,12 +53,6 @@ class Load:
         return not any(th.is_alive() for th in self.threads)
 
 
-def wait_exit(srv, timeout_s):
-    try:
-        return srv.proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-
 
 def check_new_call(srv):
     """A call made after the fault: UNAVAILABLE (from the draining server, or no server any more)."""
@@ -94,7 +87,7 @@ def scenario(t, mpirun, binary, name, sig, rank, args, within_s, then_term=False
         named = [e[1] for e in load.ended if e and 'worker' in e[1]]
         t.ok(len(named) == N_CALLS, '%s: the status names the worker (%r)' % (name, load.ended[0] and load.ended[0][1]))
         t.ok(check_new_call(srv) == 'UNAVAILABLE', '%s: a new call gets UNAVAILABLE' % name)
-        rc = wait_exit(srv, 30)
+        rc = srv.wait_exit(30)
         t.ok(rc is not None and rc != 0, '%s: mpirun exits non-zero (%s)' % (name, rc))
         if rc is None:
             os.killpg(srv.proc.pid, signal.SIGKILL)

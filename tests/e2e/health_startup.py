@@ -50,12 +50,6 @@ def sigterm_rank0(srv):
     srv.pid_file = os.devnull + '.absent'       # the job ends by itself; __exit__ must not signal again
 
 
-def wait_exit(srv, timeout_s):
-    try:
-        return srv.proc.wait(timeout_s)
-    except Exception:  # noqa: BLE001  (None: still running; __exit__ kills it)
-        return None
-
 
 def args(delay_s):
     return ['--backend', 'cpu', '--test-load-delay-s', str(delay_s),
@@ -90,7 +84,7 @@ def slow_load(t, mpirun, binary):
         sigterm_rank0(srv)
         t.ok(watch.first('NOT_SERVING', 5, after=t_serving or 0) is not None,
              '%s: Watch turns NOT_SERVING again on the stop' % name)
-        t.ok(wait_exit(srv, 30) == 0, '%s: mpirun exits 0' % name)
+        t.ok(srv.wait_exit(30) == 0, '%s: mpirun exits 0' % name)
         seen = watch.statuses()
         t.ok(seen == ['NOT_SERVING', 'SERVING', 'NOT_SERVING'], '%s: Watch saw exactly %s' % (name, seen))
         if t.failed:
@@ -111,7 +105,7 @@ def stop_while_loading(t, mpirun, binary):
             call_status(lambda: seen.add(check_health(srv)))
             time.sleep(0.1)
         t.ok('SERVING' not in seen and 'NOT_SERVING' in seen, '%s: never SERVING: %s' % (name, sorted(seen)))
-        t.ok(wait_exit(srv, 30) == 0, '%s: mpirun exits 0 once the workers have reported' % name)
+        t.ok(srv.wait_exit(30) == 0, '%s: mpirun exits 0 once the workers have reported' % name)
         if t.failed:
             srv.print_log_tail()
 
@@ -130,7 +124,7 @@ def worker_dies_while_loading(t, mpirun, binary):
         while srv.proc.poll() is None and time.time() - t_kill < 20:
             call_status(lambda: seen.add(check_health(srv)))
             time.sleep(0.1)
-        rc = wait_exit(srv, 1)
+        rc = srv.wait_exit(1)
         t.ok(rc not in (0, None) and time.time() - t_kill < 20,
              '%s: mpirun exits non-zero (%s) %.1f s after the kill' % (name, rc, time.time() - t_kill))
         t.ok('SERVING' not in seen, '%s: never SERVING: %s' % (name, sorted(seen)))

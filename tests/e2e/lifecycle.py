@@ -77,10 +77,7 @@ def drain_finishes(t, mpirun, binary):
             th.join(60)
         t.ok(all(r and r[0] == 'OK' and r[1] == 700 for r in results),
              '%s: every call in flight finished with all its tokens: %s' % (name, [r and r[:2] for r in results]))
-        try:
-            rc = srv.proc.wait(40)
-        except Exception:  # noqa: BLE001
-            rc = None
+        rc = srv.wait_exit(40)
         t.ok(rc == 0, '%s: mpirun exits 0 (%s)' % (name, rc))
         log = srv.log_text()
         ids = re.findall(r' r0 I \S+ request (\S+) admitted: ', log)
@@ -108,10 +105,7 @@ def drain_cancels(t, mpirun, binary):
              '%s: calls that cannot finish in time end UNAVAILABLE: %s' % (name, codes))
         last = max((r[2] for r in results if r), default=t_term + 99)
         t.ok(last - t_term < 3.5, '%s: all calls ended %.2f s after SIGTERM' % (name, last - t_term))
-        try:
-            rc = srv.proc.wait(30)
-        except Exception:  # noqa: BLE001
-            rc = None
+        rc = srv.wait_exit(30)
         t.ok(rc == 0, '%s: mpirun exits 0 (%s)' % (name, rc))
         log = srv.log_text()
         t.ok(len(re.findall(r' request \S+ finished: status=UNAVAILABLE .*why="server is shutting down"', log)) ==

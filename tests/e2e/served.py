@@ -86,6 +86,13 @@ class Server:
     def serving(self, timeout_s=30):
         return self.channel is not None and generate.wait_serving(self.channel, timeout_s) == 'SERVING'
 
+    def wait_exit(self, timeout_s):
+        """mpirun's exit status, or None while it still runs after timeout_s (__exit__ then stops it)."""
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def log_text(self):
         self.log.flush()
         return open(self.log_path).read()

@@ -3,8 +3,8 @@
 
 #include <limits.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/peft.h"
 #include "common/safetensors.h"
@@ -181,8 +181,7 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
     }
     memset(L->shard, 0, bytes);     // page tails are not written by the reader
     // Read straight into the storage type: a 16-bit file of that type is copied, not widened and rounded.
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_now_s();
     const adapter_store *s = L->store;
     ls_status st = L->dt == DEV_F32
         ? peft_read_shard(&a->peft, s->cfg, s->tp_rank, s->tp_size, L->page_elems, (float *)L->shard, err)
@@ -195,8 +194,7 @@ static ls_status ensure_hot(cuda_lora *L, cuda_lora_entry *e, int32_t id, ls_err
         e->hot[p] = L->free_pages[--L->n_free];
         memcpy(L->hot + (size_t)e->hot[p] * L->page_bytes, L->shard + (size_t)p * L->page_bytes, L->page_bytes);
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    L->read_s += (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    L->read_s += clock_now_s() - t0;
     return LS_OK;
 }
 

@@ -5,14 +5,8 @@
 #include <time.h>
 
 #include "common/channel.h"
+#include "common/clock.h"
 #include "common/log.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void nap(void)
 {
@@ -34,7 +28,7 @@ static ls_status settle(nccl_comm *c, double deadline, const char *what, ls_erro
             return ls_fail(err, LS_UNAVAILABLE, "%s: NCCL error %s (rank %d of %d)", what, ncclGetErrorString(state),
                            c->rank, c->size);
         }
-        if (now_s() > deadline) {
+        if (clock_now_s() > deadline) {
             ncclCommAbort(c->comm);
             c->aborted = 1;
             return ls_fail(err, LS_UNAVAILABLE, "%s: no progress within %.1f s (rank %d of %d): a peer is gone or stuck",
@@ -63,7 +57,7 @@ ls_status nccl_comm_init(nccl_comm *c, MPI_Comm workers, cudaStream_t stream, do
     ncclResult_t res = ncclCommInitRankConfig(&c->comm, c->size, id, c->rank, &cfg);
     if (res != ncclSuccess && res != ncclInProgress)
         return ls_fail(err, LS_UNAVAILABLE, "ncclCommInitRankConfig: %s", ncclGetErrorString(res));
-    return settle(c, now_s() + timeout_s, "NCCL communicator start-up", err);
+    return settle(c, clock_now_s() + timeout_s, "NCCL communicator start-up", err);
 }
 
 /* A non-blocking communicator may answer ncclInProgress while it enqueues; it must reach ncclSuccess
@@ -71,7 +65,7 @@ ls_status nccl_comm_init(nccl_comm *c, MPI_Comm workers, cudaStream_t stream, do
 static ls_status enqueued(nccl_comm *c, ncclResult_t r, const char *what, ls_error *err)
 {
     if (r == ncclSuccess) return LS_OK;
-    if (r == ncclInProgress) return settle(c, now_s() + c->timeout_s, what, err);
+    if (r == ncclInProgress) return settle(c, clock_now_s() + c->timeout_s, what, err);
     ncclCommAbort(c->comm);
     c->aborted = 1;
     return ls_fail(err, LS_UNAVAILABLE, "%s: %s", what, ncclGetErrorString(r));
@@ -93,7 +87,7 @@ ls_status nccl_comm_allgather(nccl_comm *c, const void *send, void *recv, size_t
 
 ls_status nccl_comm_wait(nccl_comm *c, ls_error *err)
 {
-    double deadline = now_s() + c->timeout_s;
+    double deadline = clock_now_s() + c->timeout_s;
     for (;;) {
         cudaError_t q = cudaStreamQuery(c->stream);
         if (q == cudaSuccess) return c->size > 1 && !c->aborted ? settle(c, deadline, "collective", err) : LS_OK;
@@ -104,7 +98,7 @@ ls_status nccl_comm_wait(nccl_comm *c, ls_error *err)
             ncclCommGetAsyncError(c->comm, &state);
             if (state != ncclSuccess && state != ncclInProgress) return settle(c, deadline, "collective", err);
         }
-        if (now_s() > deadline) {
+        if (clock_now_s() > deadline) {
             if (c->size > 1 && !c->aborted) {
                 ncclCommAbort(c->comm);
                 c->aborted = 1;
