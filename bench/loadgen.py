@@ -19,10 +19,17 @@ definition), first-token latency from the scheduled arrival (mean/p50/p99), per-
 (last - first token) / (tokens - 1); and every inter-token gap), end-to-end latency, SLO attainment (first
 token within --slo-s, 6 s as in S-LoRA; requests without a first token count as misses).
 
+With --metrics-url the server's Prometheus counters are scraped after the warm-up and after the drain,
+and their deltas go to the JSON as server_metrics (null when a scrape fails): steps, step time, tokens
+and sequences of decode-only and mixed steps, the fraction of the interval the workers were busy,
+adapter loads, evictions, copies and preemptions. That tells a slow run's scheduling from its kernels.
+
 usage: loadgen.py --addr HOST:PORT --n-adapters N [--adapter-pattern 's1/a{:04d}'] --rate R [--cv 1]
                   [--alpha 1] [--duration 60 | --requests K] [--input-len 8,512] [--output-len 8,512]
-                  [--vocab V | --model DIR] [--seed 42] [--drain-s 60] [--out FILE] [--meta key=value]..."""
+                  [--vocab V | --model DIR] [--seed 42] [--drain-s 60] [--out FILE] [--meta key=value]...
+                  [--metrics-url http://HOST:PORT/metrics]"""
 import argparse
+import http.client
 import json
 import math
 import os
@@ -33,11 +40,26 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'scripts'))
 import generate  # noqa: E402  (the project's protobuf codec: no generated modules needed)
 
 N_CHANNELS = 4          # separate HTTP/2 connections: one would cap concurrent streams at the server's limit
+PUBLISH_SETTLE_S = 0.15  # the server publishes its counters at most every 50 ms: the last step shows by then
+STEP_KINDS = ('decode', 'mixed')
+# server_metrics keys of the plain counters, and their series.
+SERVER_COUNTERS = {'steps': 'loraserve_steps_total', 'preemptions': 'loraserve_preemptions_total',
+                   'generated_tokens': 'loraserve_generated_tokens_total',
+                   'prompt_tokens': 'loraserve_prompt_tokens_total',
+                   'adapter_loads': 'loraserve_adapter_loads_total',
+                   'adapter_evictions': 'loraserve_adapter_evictions_total',
+                   'adapter_copy_bytes': 'loraserve_adapter_copy_bytes_total',
+                   'adapter_read_s': 'loraserve_adapter_read_seconds_total',
+                   'adapter_copy_s': 'loraserve_adapter_copy_seconds_total'}
+# The per-kind figures: key within server_metrics[kind], and the counter family.
+STEP_COUNTERS = {'steps': 'loraserve_steps_by_kind_total', 'seconds': 'loraserve_step_seconds_total',
+                 'tokens': 'loraserve_step_tokens_total', 'sequences': 'loraserve_step_sequences_total'}
 
 
 def pct(xs, p):
@@ -201,6 +223,74 @@ def summarize(recs, t0, trace_len, a):
     }
 
 
+def scrape_metrics(url):
+    """(monotonic time, {series: value}) of the counters server_metrics uses, or None with a warning: the
+    run itself never depends on the endpoint."""
+    time.sleep(PUBLISH_SETTLE_S)
+    wanted = set(SERVER_COUNTERS.values()) | {'%s{kind="%s"}' % (f, k) for f in STEP_COUNTERS.values()
+                                              for k in STEP_KINDS}
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        at = time.monotonic()
+        out = {}
+        for line in text.splitlines():
+            series, _, value = line.rpartition(' ')
+            if series in wanted:
+                v = float(value)
+                out[series] = int(v) if v.is_integer() else v
+        return at, out
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        print('loadgen: warning: cannot scrape %s: %s' % (url, e), file=sys.stderr, flush=True)
+        return None
+
+
+def ratio(x, y, digits):
+    return round(x / y, digits) if y else None
+
+
+def server_delta(url, before, after):
+    """The server_metrics object: counter deltas between the two scrapes (a counter one of them lacks is
+    left out), per-kind means, busy_fraction, and the raw values."""
+    if before is None or after is None:
+        return None
+    (t0, v0), (t1, v1) = before, after
+    interval = t1 - t0
+
+    def delta(series):
+        if series not in v0 or series not in v1:
+            return None
+        d = v1[series] - v0[series]
+        return round(d, 6) if isinstance(d, float) else d
+
+    out = {'url': url, 'interval_s': round(interval, 3)}
+    out.update({k: delta(series) for k, series in SERVER_COUNTERS.items() if delta(series) is not None})
+    busy = 0.0
+    for kind in STEP_KINDS:
+        d = {k: delta('%s{kind="%s"}' % (f, kind)) for k, f in STEP_COUNTERS.items()}
+        d = {k: v for k, v in d.items() if v is not None}
+        if len(d) < len(STEP_COUNTERS):
+            continue
+        d.update(mean_step_ms=ratio(1000 * d['seconds'], d['steps'], 4),
+                 mean_sequences_per_step=ratio(d['sequences'], d['steps'], 3))
+        out[kind] = d
+        busy += d['seconds']
+    if all(kind in out for kind in STEP_KINDS):
+        out['busy_fraction'] = ratio(busy, interval, 4)
+    out['before'], out['after'] = v0, v1
+    return out
+
+
+def server_summary(m):
+    if m is None:
+        return 'loadgen: server metrics: none'
+    kinds = ', '.join('%s %d steps (%s ms, %s seqs)' % (k, m[k]['steps'], m[k]['mean_step_ms'],
+                                                        m[k]['mean_sequences_per_step'])
+                      for k in STEP_KINDS if k in m)
+    rest = ', '.join('%s %g' % (k, m[k]) for k in ('busy_fraction', 'adapter_loads', 'adapter_evictions',
+                                                   'preemptions') if m.get(k) is not None)
+    return 'loadgen: server metrics over %.1f s: %s; %s' % (m['interval_s'], kinds or 'no step counters', rest)
+
+
 def describe_device(a):
     if a.device:
         return a.device
@@ -242,6 +332,8 @@ def parse_args(argv):
     ap.add_argument('--meta', action='append', default=[], metavar='KEY=VALUE', help='extra fields for the JSON')
     ap.add_argument('--out', help='write the JSON here')
     ap.add_argument('--per-request', action='store_true', help='also write every request\'s figures to the JSON')
+    ap.add_argument('--metrics-url', help='the server\'s Prometheus endpoint (http://HOST:PORT/metrics): '
+                    'deltas around the run go to the JSON as server_metrics')
     a = ap.parse_args(argv)
     if a.model and not a.vocab:
         a.vocab = json.load(open(os.path.join(a.model, 'config.json')))['vocab_size']
@@ -265,6 +357,7 @@ def main(argv):
     preload_failed = preload(a) if a.preload and a.n_adapters else []
     preload_s = time.monotonic() - t_setup
     warm_up(client, a)
+    scraped = scrape_metrics(a.metrics_url) if a.metrics_url else None
     recs = [dict() for _ in trace]
     t0 = time.monotonic()
     hard_end = t0 + trace[-1]['arrival'] + a.drain_s
@@ -280,6 +373,7 @@ def main(argv):
         th.join(max(0.0, hard_end + 10 - time.monotonic()))
     wall = time.monotonic() - t0
     client.close()
+    server = server_delta(a.metrics_url, scraped, scrape_metrics(a.metrics_url)) if scraped else None
     recs = [r for r in recs if 'done' in r]    # a thread still blocked past its deadline is not counted
     res = summarize(recs, t0, len(trace), a)
     res['wall_s'] = round(wall, 3)
@@ -299,6 +393,9 @@ def main(argv):
         'meta': dict(kv.split('=', 1) for kv in a.meta if '=' in kv),
         'config': config, 'results': res,
     }
+    if a.metrics_url:
+        doc['server_metrics'] = server
+        print(server_summary(server), file=sys.stderr, flush=True)
     if a.per_request:
         doc['requests'] = [{'i': r['i'], 'adapter': r['adapter'], 'input_len': r['input_len'],
                             'output_len': r['output_len'], 'tokens': r['tokens'], 'finish': r['finish'],

@@ -10,23 +10,26 @@
 #   The bundle holds loraserve and gen_bench_model:
 #     launch/make-bundle.sh BUNDLE_DIR build/launch/loraserve build/bench/gen_bench_model
 #   quick: fits a 10-minute call (budget 480 s, about 90 s of it start-up): 15 s traces (+ at most 8 s of
-#          drain) at n = 100, 5, 0, 1000, 5000 (S1) and 5, 1000 (S2), two lower rates, a 45 s PEFT run;
-#          pools of 64 (S1) and 32 (S2) distinct adapter directories.
-#   full:  30 s traces (+ 20 s), every n, four lower rates, two PEFT runs; pools of 100 and 100. About
-#          20 minutes (budget 1500 s): where one call is capped at 10 minutes, split it with POINTS
-#          (e.g. POINTS='^(S1_n(1|5|100)_|base)' NO_HF=1, then POINTS='^S2' NO_HF=1, ...).
+#          drain) at n = 100, 5, 0, 1000, 5000 (S1) and 5, 1000 (S2), rates 8 and 16 at n = 100, a 45 s
+#          PEFT run; pools of 64 (S1) and 32 (S2) distinct adapter directories.
+#   full:  30 s traces (+ 20 s), every n, rates 8..40 at n = 100, the target point (S1, n = 2000, R =
+#          HEADLINE_RATE, 120 s trace), two PEFT runs; pools of 100 and 100. About 25 minutes (budget
+#          1500 s): where one call is capped at 10 minutes, split it with POINTS (e.g.
+#          POINTS='^(S1_n(1|5|100|1000|2000|5000)_r32|base)' NO_HF=1, then POINTS='^S2' NO_HF=1, ...).
 #   13b-tp2: Llama-2-13B shape on 2 GPUs (TP=2); falls back to 7b with fewer than 2 GPUs.
 #   tiny-cpu: the script itself on a machine without a GPU (demo-sized model, CPU backend, TP=2, 3 s
 #          traces, lengths in [8, 32], no baseline): a check of the plumbing, not a benchmark.
 # Environment: BUDGET_S, PRELOAD (default 1: register every name before its point, untimed),
-#   ADAPTER_CACHE_MB (pinned host adapter copies, default 49152), BENCH_WORK (default /tmp/loraserve-bench), RATE (table rate, default 32 req/s),
-#   POINTS (only points whose name matches this regex), NO_HF=1, SERVER_FLAGS (extra loraserve flags),
-#   PYTHON (default python3).
+#   ADAPTER_CACHE_MB (pinned host adapter copies, default 49152), BENCH_WORK (default
+#   /tmp/loraserve-bench), RATE (table rate, default 32 req/s), RATES (the rate sweep at n = 100),
+#   HEADLINE_RATE (default 28), POINTS (only points whose name matches this regex), NO_HF=1,
+#   SERVER_FLAGS (extra loraserve flags), METRICS_PORT (default 19464: each point records the server's
+#   step metrics), PYTHON (default python3).
 # Outputs in OUT_DIR: results/*.json (one per point), plots/*.png|svg and table.md if gnuplot is there
 # (else run bench/plot.sh OUT_DIR later), sweep.json (what ran, what was skipped), logs/.
 # Commit-ready: copy OUT_DIR's results/, plots/, table.md and sweep.json to bench/results/slora/.
 set -uo pipefail
-[ $# -ge 2 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,28p' "$0"; exit 2; }
 bundle=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2" && out=$(cd "$2" && pwd)
 mode=${3:-quick}; variant=${4:-7b}
@@ -80,7 +83,8 @@ log "model and adapters ready ($(du -sh "$model" | cut -f1) model, $(du -sh "$ad
 
 # --- the server ---------------------------------------------------------------------------------------
 flags=(--model "$model" --adapters "$adroot" --backend $backend --log-level warn --max-waiting 16384 --max-batch ${MAX_BATCH:-256}
-       --max-step-tokens 2048 --kv-cache-mb $kv_mb --adapter-cache-mb $cache_mb --prefetch-adapters 8 --shutdown-grace-s 3)
+       --max-step-tokens 2048 --kv-cache-mb $kv_mb --adapter-cache-mb $cache_mb --prefetch-adapters 8 --shutdown-grace-s 3
+       --metrics-listen 127.0.0.1:${METRICS_PORT:-19464})
 # shellcheck disable=SC2206
 flags+=(${SERVER_FLAGS:-})
 srv=$out/logs/server
@@ -111,8 +115,9 @@ log "serving at $addr after ${server_start_s}s"
 rate=${RATE:-32}
 skipped=(); ran=()
 reserve=$(( ${NO_HF:-0} == 1 ? 20 : hf_cap + 70 ))     # kept for the baseline, the plots and the shutdown
-point() {   # name setting n rate: one loadgen run, if it fits in what is left of the budget
-  local name=$1 setting=$2 n=$3 r=$4 need=$((dur + drain + 8)) pre=()
+point() {   # name setting n rate role [trace seconds]: one loadgen run, if it fits in what is left of the budget
+  local name=$1 setting=$2 n=$3 r=$4 role=$5 d=${6:-$dur} need pre=()
+  need=$((d + drain + 8))
   # Every name is registered (and read into host memory) before the trace, untimed, as S-LoRA loads
   # all adapters at start-up; names registered by an earlier point cost nothing again.
   if [ "${PRELOAD:-1}" = 1 ] && [ "$n" != 0 ]; then pre=(--preload); need=$((need + n / 40)); fi
@@ -122,43 +127,37 @@ point() {   # name setting n rate: one loadgen run, if it fits in what is left o
   [ "$n" = 0 ] && { ranks=none; pool=0; }
   if ! kill -0 "$job" 2>/dev/null; then skipped+=("$name"); log "skip $name (the server is gone: logs/server.log)"; return 0; fi
   timeout -k 5 $((need + 60)) "$python" "$here/loadgen.py" --addr "$addr" --n-adapters "$n" "${pre[@]}" \
-    --adapter-pattern "$(tr 'S' 's' <<< "$setting")/a{:04d}" --rate "$r" --cv 1 --alpha 1 --duration $dur \
+    --adapter-pattern "$(tr 'S' 's' <<< "$setting")/a{:04d}" --rate "$r" --cv 1 --alpha 1 --duration $d \
     --drain-s $drain --model "$model" --seed 42 --input-len $lens --output-len $lens --warmup-requests 2 --wait-ready 20 --device "$device" \
-    --label "$name" --meta setting="$setting" --meta ranks="$ranks" --meta distinct_adapter_dirs="$pool" \
+    --label "$name" --meta setting="$setting" --meta role="$role" --meta ranks="$ranks" --meta distinct_adapter_dirs="$pool" \
+    --metrics-url "http://127.0.0.1:${METRICS_PORT:-19464}/metrics" \
     --meta model="Llama-2-$shape shape, $weights weights" --meta tp=$tp --meta mode="$mode" \
     --meta server_flags="${flags[*]:4}" --meta server_start_s=$server_start_s \
     --out "$out/results/$name.json" 2>&1 | tee -a "$out/logs/loadgen.log" >&2
   ran+=("$name")
 }
-capacity() {   # completed req/s of a result, for the rates of the sweep below
-  "$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"]["throughput_req_s"])' "$1" 2>/dev/null
-}
-# Table 3 first (the headline), at a rate above what one GPU sustains, as S-LoRA's R = 10 on an A100;
-# then first-token latency against the rate, below the capacity measured at n = 100.
-rate_point() {   # fraction of that capacity
-  local cap r
-  cap=$(capacity "$out/results/S1_n100_r$rate.json")
-  [ -n "$cap" ] || return 0
-  r=$("$python" -c "print('%g' % max(0.5, round($cap * $1 * 2) / 2))")
-  point "S1_n100_r$r" S1 100 "$r"
-}
-point "S1_n100_r$rate" S1 100 "$rate"
-point "S1_n5_r$rate" S1 5 "$rate"
-point "base_n0_r$rate" S1 0 "$rate"
-point "S2_n5_r$rate" S2 5 "$rate"
-point "S1_n1000_r$rate" S1 1000 "$rate"
-point "S2_n1000_r$rate" S2 1000 "$rate"
-rate_point 0.5
-point "S1_n5000_r$rate" S1 5000 "$rate"
-rate_point 0.9
+# Table 3 first (the headline), every n at one rate above what one GPU sustains, as S-LoRA's R = 10 on
+# an A100; then first-token latency against the rate at n = 100, below and above saturation; then the
+# target point, S1 at n = 2000 at HEADLINE_RATE with S-LoRA's 120 s traces (full mode).
+point "S1_n100_r$rate" S1 100 "$rate" table
+point "S1_n5_r$rate" S1 5 "$rate" table
+point "base_n0_r$rate" S1 0 "$rate" table
+point "S2_n5_r$rate" S2 5 "$rate" table
+point "S1_n1000_r$rate" S1 1000 "$rate" table
+point "S2_n1000_r$rate" S2 1000 "$rate" table
+point "S1_n5000_r$rate" S1 5000 "$rate" table
 if [ "$mode" = full ]; then
-  point "S1_n1_r$rate" S1 1 "$rate"
-  point "S1_n2000_r$rate" S1 2000 "$rate"
-  point "S2_n100_r$rate" S2 100 "$rate"
-  point "S2_n2000_r$rate" S2 2000 "$rate"
-  point "S2_n5000_r$rate" S2 5000 "$rate"
-  rate_point 0.25
-  rate_point 0.75
+  point "S1_n1_r$rate" S1 1 "$rate" table
+  point "S1_n2000_r$rate" S1 2000 "$rate" table
+  point "S2_n100_r$rate" S2 100 "$rate" table
+  point "S2_n2000_r$rate" S2 2000 "$rate" table
+  point "S2_n5000_r$rate" S2 5000 "$rate" table
+fi
+# shellcheck disable=SC2086
+for r in ${RATES:-$( [ "$mode" = full ] && echo 8 16 24 28 40 || echo 8 16 )}; do point "S1_n100_r$r" S1 100 "$r" rate; done
+if [ "$mode" = full ]; then
+  hr=${HEADLINE_RATE:-28}
+  point "S1_n2000_r${hr}_d120" S1 2000 "$hr" headline 120
 fi
 stop_server
 log "server stopped; ${#ran[@]} loadgen point(s) ran"

@@ -216,14 +216,25 @@ static void fail_all(coordinator *c, ls_status status, const char *why)
     while (c->sched.waiting.head) finish_request(c, c->sched.waiting.head, status, why);
 }
 
+/* Before scheduler_step_done: whether every sequence of the step only brings back the token it generated
+ * last. A prompt's final token, even alone in its chunk, is prefill: nothing is generated yet. */
+static int step_decode_only(const scheduler *s)
+{
+    for (int i = 0; i < s->n_step; i++) {
+        const request *r = s->step[i];
+        if (s->step_chunk[i] != 1 || r->n_cached + 1 != r->n_tokens || request_generated(r) == 0) return 0;
+    }
+    return 1;
+}
+
 static void apply_results(coordinator *c, const int32_t *ids)
 {
     scheduler *s = &c->sched;
     int64_t t = clock_now_ns();
+    int64_t took = t - c->step_started_ns;
+    metrics_step(c->met, s->n_step, c->plan.h.n_tokens, step_decode_only(s), took / 1e9);
     scheduler_step_done(s);
     c->stats.steps++;
-    metrics_step(c->met, s->n_step);
-    int64_t took = t - c->step_started_ns;
     c->step_longest_ns = took > c->step_longest_ns ? took : c->step_longest_ns - c->step_longest_ns / 64;
     for (int i = 0, k = 0; i < s->n_step; i++) {
         request *r = s->step[i];

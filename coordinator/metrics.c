@@ -26,6 +26,12 @@ static const double tpot_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 typedef struct hist { uint64_t bucket[HIST_MAX + 1]; uint64_t count; double sum; } hist;
 typedef struct listed_adapter { char name[256]; int pages; uint64_t last_used; } listed_adapter;
 
+/* Decode-only steps and steps with prefill chunks cost very differently per token, so they are told
+ * apart: a dashboard divides seconds by steps or tokens per kind. */
+enum { STEP_DECODE, STEP_MIXED, STEP_KINDS };
+static const char *const step_kind_names[STEP_KINDS] = { "decode", "mixed" };
+typedef struct step_kind { uint64_t steps, tokens, seqs; double seconds; } step_kind;
+
 typedef struct snapshot {
     uint64_t requests[METRICS_CODES];
     uint64_t tokens, prompt_tokens, steps, preemptions;
@@ -36,6 +42,7 @@ typedef struct snapshot {
     int adapters_registered, adapters_resident, n_listed;
     listed_adapter listed[METRICS_TOP_ADAPTERS];
     hist ttft, tpot;
+    step_kind by_kind[STEP_KINDS];
 } snapshot;
 
 struct metrics {
@@ -75,10 +82,15 @@ void metrics_next_token(metrics *m, double s)
     hist_observe(&m->live.tpot, tpot_bounds, N_BOUNDS(tpot_bounds), s);
 }
 
-void metrics_step(metrics *m, int batch)
+void metrics_step(metrics *m, int batch, int tokens, int decode_only, double seconds)
 {
     m->live.steps++;
     m->live.batch = batch;
+    step_kind *k = &m->live.by_kind[decode_only ? STEP_DECODE : STEP_MIXED];
+    k->steps++;
+    k->tokens += (uint64_t)tokens;
+    k->seqs += (uint64_t)batch;
+    k->seconds += seconds;
 }
 
 void metrics_adapter_times(metrics *m, double read_s, double copy_s)
@@ -232,13 +244,36 @@ static void adapters_write(text *b, const snapshot *s)
            s->adapter_copy_s);
 }
 
+/* One counter family with a series per kind of step. */
+static void by_kind_write(text *b, const char *name, const char *help, const double v[STEP_KINDS])
+{
+    family(b, name, "counter", help);
+    for (int i = 0; i < STEP_KINDS; i++)
+        text_printf(b, "loraserve_%s{kind=\"%s\"} %.17g\n", name, step_kind_names[i], v[i]);
+}
+
+static void steps_write(text *b, const snapshot *s)
+{
+    const step_kind *d = &s->by_kind[STEP_DECODE], *x = &s->by_kind[STEP_MIXED];
+    scalar(b, "steps_total", "counter", "steps run by the workers", (double)s->steps);
+    by_kind_write(b, "steps_by_kind_total",
+                  "steps by kind (decode: every sequence brings its last generated token; mixed: prompt chunks too)",
+                  (double[]){ (double)d->steps, (double)x->steps });
+    by_kind_write(b, "step_tokens_total", "tokens processed by steps of each kind (prompt chunks + decode tokens)",
+                  (double[]){ (double)d->tokens, (double)x->tokens });
+    by_kind_write(b, "step_sequences_total", "sequences in steps of each kind",
+                  (double[]){ (double)d->seqs, (double)x->seqs });
+    by_kind_write(b, "step_seconds_total", "seconds from sending a step's plan to its sampled ids, by kind",
+                  (double[]){ d->seconds, x->seconds });
+}
+
 static void metrics_format(text *b, const snapshot *s)
 {
     requests_write(b, s);
     scalar(b, "requests_waiting", "gauge", "requests queued for admission", s->waiting);
     scalar(b, "requests_running", "gauge", "requests in the running batch", s->running);
     scalar(b, "batch_size", "gauge", "sequences in the last step", s->batch);
-    scalar(b, "steps_total", "counter", "steps run by the workers", (double)s->steps);
+    steps_write(b, s);
     scalar(b, "generated_tokens_total", "counter", "tokens generated", (double)s->tokens);
     scalar(b, "prompt_tokens_total", "counter", "prompt tokens of admitted requests", (double)s->prompt_tokens);
     scalar(b, "preemptions_total", "counter", "running requests preempted for KV pages", (double)s->preemptions);

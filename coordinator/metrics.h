@@ -1,7 +1,8 @@
 /* The coordinator's Prometheus metrics, served as text over HTTP (`--metrics-listen host:port`, path
  * /metrics) for dashboards and alerts: requests by final status, queue and batch sizes, tokens,
- * first-token and per-token latency histograms, pool pages by use, adapter residency, loads, evictions
- * and bytes copied to the devices.
+ * first-token and per-token latency histograms, step time, tokens and sequences by kind of step (decode
+ * only or mixed with prefill), pool pages by use, adapter residency, loads, evictions and bytes copied
+ * to the devices.
  *
  * Threads: the coordinator's loop owns the live counters and updates them without a lock. At most
  * every ~50 ms (metrics_publish) it copies them, with the gauges read from the scheduler, into a
@@ -26,7 +27,9 @@ void metrics_request_done(metrics *m, ls_status code);       // a Generate call 
 void metrics_prompt(metrics *m, int prompt_tokens);          // a request was admitted
 void metrics_first_token(metrics *m, double since_arrival_s);
 void metrics_next_token(metrics *m, double since_previous_s);
-void metrics_step(metrics *m, int batch);                    // a step ran with `batch` sequences
+/* A step ran: `batch` sequences carrying `tokens` tokens, decode_only when none brought a prompt chunk,
+ * `seconds` from sending its plan to its sampled ids. */
+void metrics_step(metrics *m, int batch, int tokens, int decode_only, double seconds);
 void metrics_adapter_times(metrics *m, double read_s, double copy_s);   // a step's adapter reads and copies
 
 /* Makes the counters and the scheduler's gauges visible to scrapes: at once when force, else only when

@@ -48,7 +48,7 @@ template <typename T> struct attn_args {
     const int *header;          // [0] row items, [1] tiles: written by the plan
     float *pm, *pl, *pacc;      // split partials: running max (log2 domain), sum, unnormalised output
     int *counters;
-    int n_heads, head_chunks, window, vec;
+    int n_heads, head_chunks, window, vec, heads_fast;
     float scale_log2;           // scale * log2(e): softmax in exp2
 };
 

@@ -4,7 +4,8 @@ names (8 distinct directories, the rest symlinks) from bench/gen_bench_model; a 
 with 2 workers; bench/loadgen.py replaying a 3-second Gamma trace over the adapters and a short base-model
 trace. The JSON must be complete and add up (every request completed with its own output length,
 tokens summed, latencies positive and ordered, the server's counts equal to the client's). Then the
-trace's determinism, the HF baseline's bookkeeping with its stand-in engine (same trace, same JSON
+server's step counters scraped around the adapter run (--metrics-url) must agree with the trace, and a
+dead metrics URL must only cost a warning. Then the trace's determinism, the HF baseline's bookkeeping with its stand-in engine (same trace, same JSON
 fields), and the report that makes the tables.
 
 usage: loadgen_test.py MPIRUN LORASERVE GEN_BENCH_MODEL   (prints TAP)"""
@@ -20,6 +21,7 @@ bench = os.path.join(here, '..', '..', 'bench')
 sys.path.insert(0, os.path.join(here, '..', 'e2e'))
 sys.path.insert(0, bench)
 from served import Server, Tap  # noqa: E402
+from metrics import metrics_port  # noqa: E402
 import loadgen  # noqa: E402
 
 RESULT_KEYS = ('requests_in_trace', 'requests_sent', 'requests_completed', 'requests_incomplete', 'span_s',
@@ -32,11 +34,12 @@ def tail(text):
 
 
 def run_loadgen(t, addr, out, args, what):
+    """The JSON, and loadgen's stderr."""
     cmd = [sys.executable, os.path.join(bench, 'loadgen.py'), '--addr', addr, '--out', out, '--per-request',
            '--seed', '7', '--drain-s', '20', '--label', what] + args
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     t.ok(p.returncode == 0 and os.path.exists(out), '%s: loadgen exit %d %s' % (what, p.returncode, tail(p.stderr)))
-    return json.load(open(out)) if os.path.exists(out) else None
+    return (json.load(open(out)) if os.path.exists(out) else None), p.stderr
 
 
 def check_doc(t, doc, what, n_adapters):
@@ -73,6 +76,29 @@ def check_doc(t, doc, what, n_adapters):
          % (what, len(names), n_adapters))
 
 
+def check_server_metrics(t, doc, what):
+    """Every prompt token of the trace goes through a mixed step and every generated token but a request's
+    last comes back as a decode token, so without preemption the steps' tokens add up exactly."""
+    m = doc and doc.get('server_metrics')
+    if not m:
+        t.ok(False, '%s: server_metrics present (%r)' % (what, m))
+        return
+    res = doc['results']
+    d, x = m.get('decode', {}), m.get('mixed', {})
+    t.ok(m['steps'] > 0 and d.get('steps', 0) + x.get('steps', 0) == m['steps'] and 0 < m.get('busy_fraction', 0)
+         <= 1.05, '%s: server_metrics: %d steps (%s decode, %s mixed), busy fraction %s' %
+         (what, m['steps'], d.get('steps'), x.get('steps'), m.get('busy_fraction')))
+    want = res['prompt_tokens_completed'] + res['generated_tokens'] - res['requests_completed']
+    got = d.get('tokens', 0) + x.get('tokens', 0)
+    t.ok(got == want if m.get('preemptions') == 0 else got > want, '%s: server_metrics: step tokens %d vs prompt + '
+         'generated - requests %d (%s preemptions)' % (what, got, want, m.get('preemptions')))
+    t.ok(all(k in m for k in ('adapter_loads', 'adapter_evictions', 'adapter_copy_bytes', 'adapter_read_s',
+                              'adapter_copy_s', 'before', 'after')) and d.get('mean_step_ms', 0) > 0
+         and d.get('mean_sequences_per_step', 0) >= 1 and m['after']['loraserve_steps_total'] -
+         m['before']['loraserve_steps_total'] == m['steps'], '%s: server_metrics: adapter counters, means (decode '
+         '%s ms, %s seqs per step), raw before/after' % (what, d.get('mean_step_ms'), d.get('mean_sequences_per_step')))
+
+
 def check_trace(t):
     a = loadgen.parse_args(['--addr', '-', '--n-adapters', '1000', '--rate', '50', '--requests', '4000', '--cv', '2',
                             '--vocab', '1000', '--alpha', '1'])
@@ -101,21 +127,27 @@ def main():
     subprocess.run([gen, 'adapters', model, os.path.join(root, 's2'), '40', '8', '8,16,32,64'], check=True)
     links = sum(1 for d in os.listdir(os.path.join(root, 's2')) if os.path.islink(os.path.join(root, 's2', d)))
     t.ok(links == 32, 'gen_bench_model: 40 names, 8 directories, %d symlinks' % links)
-    args = ['--model', model, '--adapters', root, '--backend', 'cpu', '--max-waiting', '4096', '--kv-cache-mb', '64']
+    args = ['--model', model, '--adapters', root, '--backend', 'cpu', '--max-waiting', '4096', '--kv-cache-mb', '64',
+            '--metrics-listen', '127.0.0.1:0']
     with Server(mpirun, binary, args, tp=2, prefix='loraserve-bench-') as srv:
         t.ok(srv.serving(), 'serving the tiny model with 2 workers (no tokenizer.json: token ids only)')
         addr = '127.0.0.1:' + open(srv.port_file).read().strip()
-        doc = run_loadgen(t, addr, os.path.join(tmp, 'lora.json'), [
+        url = 'http://127.0.0.1:%d/metrics' % metrics_port(srv)
+        doc, err = run_loadgen(t, addr, os.path.join(tmp, 'lora.json'), [
             '--n-adapters', '40', '--adapter-pattern', 's2/a{:04d}', '--rate', '12', '--duration', '3',
             '--input-len', '8,24', '--output-len', '4,16', '--model', model, '--warmup-requests', '2', '--preload',
-            '--meta', 'setting=S2'], 'S2 n=40')
+            '--meta', 'setting=S2', '--metrics-url', url], 'S2 n=40')
         check_doc(t, doc, 'S2 n=40', 40)
         t.ok(doc is not None and doc['results']['preload_failed'] == [] and doc['meta'] == {'setting': 'S2'},
              'preload registered every name; --meta kept')
-        doc0 = run_loadgen(t, addr, os.path.join(tmp, 'base.json'), [
+        check_server_metrics(t, doc, 'S2 n=40')
+        t.ok('loadgen: server metrics over' in err, 'S2 n=40: the server metrics summary line on stderr')
+        doc0, err = run_loadgen(t, addr, os.path.join(tmp, 'base.json'), [
             '--n-adapters', '0', '--rate', '20', '--requests', '10', '--input-len', '8,16', '--output-len', '4,8',
-            '--vocab', '1024', '--meta', 'setting=S1'], 'base n=0')
+            '--vocab', '1024', '--meta', 'setting=S1', '--metrics-url', 'http://127.0.0.1:1/metrics'], 'base n=0')
         check_doc(t, doc0, 'base n=0', 0)
+        t.ok(doc0 is not None and doc0['server_metrics'] is None and 'warning: cannot scrape' in err,
+             'base n=0: an unreachable --metrics-url is a warning and a null server_metrics')
     if t.failed:
         srv.print_log_tail()
     check_trace(t)

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """The Prometheus endpoint (--metrics-listen) scraped over HTTP while and after the PEFT fixture model
 serves calls with two adapters: the counters agree with the calls made (requests by status, generated
-tokens, histogram counts), the gauges with the pool (pages by use within capacity, KV pages back to
-zero when idle, resident adapters listed with their pages), and the log has one admitted and one
-finished line per request.
+tokens, histogram counts, tokens and time of decode and mixed steps), the gauges with the pool (pages by
+use within capacity, KV pages back to zero when idle, resident adapters listed with their pages), and
+the log has one admitted and one finished line per request.
 
 usage: metrics.py MPIRUN LORASERVE GOLDEN_LORA_DIR   (prints TAP)"""
 import os
@@ -129,6 +129,34 @@ def check_after(t, port, ok, n_bad):
                                                                         val(s, 'adapter_copy_seconds_total')))
 
 
+def check_steps(t, s, n, tokens, wall_s):
+    """Every prompt token goes through a mixed step and every generated token but a request's last comes
+    back as one decode token, so without preemption (which recomputes) the steps' tokens are exactly
+    prompt + generated - requests."""
+    kinds = ('decode', 'mixed')
+    by = {k: {f: val(s, f, '{kind="%s"}' % k) for f in ('steps_by_kind_total', 'step_tokens_total',
+                                                         'step_sequences_total', 'step_seconds_total')}
+          for k in kinds}
+    d, x = by['decode'], by['mixed']
+    t.ok(d['steps_by_kind_total'] + x['steps_by_kind_total'] == val(s, 'steps_total') and
+         min(d['steps_by_kind_total'], x['steps_by_kind_total']) >= 1,
+         'steps_by_kind_total: %d decode + %d mixed == steps_total' % (d['steps_by_kind_total'],
+                                                                       x['steps_by_kind_total']))
+    prompt = val(s, 'prompt_tokens_total')
+    want = prompt + val(s, 'generated_tokens_total') - n
+    got = d['step_tokens_total'] + x['step_tokens_total']
+    exact = val(s, 'preemptions_total') == 0
+    t.ok(got == want if exact else got > want, 'step_tokens_total: %d decode + %d mixed %s prompt %d + generated %d '
+         '- requests %d' % (d['step_tokens_total'], x['step_tokens_total'], '==' if exact else '>', prompt, tokens, n))
+    t.ok(x['step_tokens_total'] >= prompt and d['step_tokens_total'] == d['step_sequences_total'] and
+         x['step_sequences_total'] >= x['steps_by_kind_total'],
+         'mixed steps carry every prompt token and >= 1 sequence each, decode steps one token per sequence')
+    secs = d['step_seconds_total'] + x['step_seconds_total']
+    t.ok(d['step_seconds_total'] > 0 and x['step_seconds_total'] > 0 and secs < wall_s,
+         'step_seconds_total: decode %.4f s + mixed %.4f s, within the %.1f s the test has run' %
+         (d['step_seconds_total'], x['step_seconds_total'], wall_s))
+
+
 def check_http(t, port):
     try:
         urllib.request.urlopen('http://127.0.0.1:%d/other' % port, timeout=10)
@@ -150,6 +178,7 @@ def check_log(t, srv, n_calls):
 def main():
     mpirun, binary, fixture = sys.argv[1:4]
     t = Tap()
+    t0 = time.monotonic()
     args = ['--model', os.path.join(fixture, 'base'), '--adapters', os.path.join(fixture, 'adapters'),
             '--metrics-listen', '127.0.0.1:0']
     with Server(mpirun, binary, args, prefix='loraserve-metrics-') as srv:
@@ -168,6 +197,7 @@ def main():
         except Exception:  # noqa: BLE001  (counted below as INVALID_ARGUMENT)
             pass
         check_after(t, port, ok, 1)
+        check_steps(t, scrape(port), len(ok), sum(r['completion_tokens'] for r in ok), time.monotonic() - t0)
         check_http(t, port)
         check_log(t, srv, len(ok))
     t.ok(srv.exit_status == 0, 'graceful stop, mpirun exits 0 (%s)' % srv.exit_status)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA decode/prefill benchmark (bench/decode_bench.c) on a GPU machine, from a relocatable bundle:
+# The CUDA decode paged-attention benchmark (bench/attention_bench.c) and decode/prefill benchmark
+# (bench/decode_bench.c) on a GPU machine, from a relocatable bundle:
 # generates the Llama-2-7B-shaped model with random fp16 weights and its four adapters once (MODEL_DIR,
 # default /tmp/llama7b), then runs the benchmark at TP=1 and, with two GPUs, at TP=2. JSON and logs go
 # to OUT_DIR.
@@ -10,6 +11,8 @@ mkdir -p "$out"
 export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 gpus=$(nvidia-smi -L | wc -l)
+timeout 120 "$bundle/bin/attention_bench" > "$out/attention.json" 2> "$out/attention.log"
+echo "attention_bench: exit $?"; cat "$out/attention.json"
 gen=()
 [ -f "$model/config.json" ] && [ -d "$model-adapters/r64" ] || gen=(--generate)
 timeout 420 mpirun -np 1 "$bundle/bin/decode_bench" "$model" "${gen[@]}" > "$out/decode_tp1.json" 2> "$out/decode_tp1.log"
