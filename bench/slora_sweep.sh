@@ -22,7 +22,7 @@
 # Environment: BUDGET_S, PRELOAD (default 1: register every name before its point, untimed),
 #   ADAPTER_CACHE_MB (pinned host adapter copies, default 49152), BENCH_WORK (default
 #   /tmp/loraserve-bench), RATE (table rate, default 32 req/s), RATES (the rate sweep at n = 100),
-#   HEADLINE_RATE (default 28), POINTS (only points whose name matches this regex), NO_HF=1,
+#   HEADLINE_RATE (default 30), POINTS (only points whose name matches this regex), NO_HF=1,
 #   SERVER_FLAGS (extra loraserve flags), METRICS_PORT (default 19464: each point records the server's
 #   step metrics), PYTHON (default python3).
 # Outputs in OUT_DIR: results/*.json (one per point), plots/*.png|svg and table.md if gnuplot is there
@@ -137,8 +137,8 @@ point() {   # name setting n rate role [trace seconds]: one loadgen run, if it f
   ran+=("$name")
 }
 # Table 3 first (the headline), every n at one rate above what one GPU sustains, as S-LoRA's R = 10 on
-# an A100; then first-token latency against the rate at n = 100, below and above saturation; then the
-# target point, S1 at n = 2000 at HEADLINE_RATE with S-LoRA's 120 s traces (full mode).
+# an A100; then the target point, S1 at n = 2000 at HEADLINE_RATE with S-LoRA's 120 s traces (full
+# mode); then first-token latency against the rate at n = 100, below and above saturation.
 point "S1_n100_r$rate" S1 100 "$rate" table
 point "S1_n5_r$rate" S1 5 "$rate" table
 point "base_n0_r$rate" S1 0 "$rate" table
@@ -153,12 +153,12 @@ if [ "$mode" = full ]; then
   point "S2_n2000_r$rate" S2 2000 "$rate" table
   point "S2_n5000_r$rate" S2 5000 "$rate" table
 fi
-# shellcheck disable=SC2086
-for r in ${RATES:-$( [ "$mode" = full ] && echo 8 16 24 28 40 || echo 8 16 )}; do point "S1_n100_r$r" S1 100 "$r" rate; done
 if [ "$mode" = full ]; then
-  hr=${HEADLINE_RATE:-28}
+  hr=${HEADLINE_RATE:-30}
   point "S1_n2000_r${hr}_d120" S1 2000 "$hr" headline 120
 fi
+# shellcheck disable=SC2086
+for r in ${RATES:-$( [ "$mode" = full ] && echo 8 16 24 28 40 || echo 8 16 )}; do point "S1_n100_r$r" S1 100 "$r" rate; done
 stop_server
 log "server stopped; ${#ran[@]} loadgen point(s) ran"
 

@@ -253,8 +253,21 @@ static void apply_results(coordinator *c, const int32_t *ids)
         r->finish = request_append(r, &c->lim, id);
         if (r->cancelled) continue;
         if (r->finish != LORASERVE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) finish_request(c, r, LS_OK, NULL);
-        else if (r->streaming) send_delta(r);
+        else if (r->streaming) r->delta_due = 1;
     }
+}
+
+/* Streams the ids of the step just applied. It runs after the next step has been sent, so the gRPC work
+ * (a message per streaming request per step) overlaps the workers' compute instead of delaying it. A
+ * request preempted meanwhile keeps its ids until it runs again or finishes (the final message carries
+ * whatever was not streamed). */
+static void flush_deltas(coordinator *c)
+{
+    for (request *r = c->sched.running.head; r; r = r->next)
+        if (r->delta_due) {
+            r->delta_due = 0;
+            if (!r->cancelled) send_delta(r);
+        }
 }
 
 static void start_step(coordinator *c)
@@ -329,6 +342,7 @@ static int loop_once(coordinator *c, volatile sig_atomic_t *stop, int64_t *grace
     // Past the grace no new step starts: under steady load a step is always in flight, so the check
     // above would otherwise never see a gap and the grace would not bound the drain.
     if (!c->draining || clock_now_ns() < *grace_end) start_step(c);
+    flush_deltas(c);
     return 1;
 }
 

@@ -56,6 +56,7 @@ typedef struct request {
     size_t text_len, text_cap;
     size_t text_sent;           // bytes of text already streamed
     int tokens_sent;            // generated ids already streamed
+    int delta_due;              // streamed ids wait to be sent once the next step is under way
     Loraserve__V1__FinishReason finish;
     struct adapter *ad;         // NULL = the base model; holds one `active` reference
     char adapter_name[256];     // as asked; resolved before the request is queued
