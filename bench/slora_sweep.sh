@@ -6,7 +6,7 @@
 # model, adapters and trace, and plots (bench/plot.sh). Every step is bounded: a point that no longer
 # fits in the time budget is skipped and listed in OUT_DIR/sweep.json, so the run ends in time.
 #
-# usage: bench/slora_sweep.sh BUNDLE_DIR OUT_DIR [quick|full] [7b|13b-tp2]
+# usage: bench/slora_sweep.sh BUNDLE_DIR OUT_DIR [quick|full] [7b|13b-tp1|13b-tp2|tiny-cpu]
 #   The bundle holds loraserve and gen_bench_model:
 #     launch/make-bundle.sh BUNDLE_DIR build/launch/loraserve build/bench/gen_bench_model
 #   quick: fits a 10-minute call (budget 480 s, about 90 s of it start-up): 15 s traces (+ at most 8 s of
@@ -16,20 +16,21 @@
 #          HEADLINE_RATE, 120 s trace), two PEFT runs; pools of 100 and 100. About 25 minutes (budget
 #          1500 s): where one call is capped at 10 minutes, split it with POINTS (e.g.
 #          POINTS='^(S1_n(1|5|100|1000|2000|5000)_r32|base)' NO_HF=1, then POINTS='^S2' NO_HF=1, ...).
-#   13b-tp2: Llama-2-13B shape on 2 GPUs (TP=2); falls back to 7b with fewer than 2 GPUs.
+#   13b-tp2: Llama-2-13B shape on 2 GPUs (TP=2); falls back to 7b with fewer than 2 GPUs. 13b-tp1: the
+#          same model on one GPU, for the comparison (a second run reuses the generated model).
 #   tiny-cpu: the script itself on a machine without a GPU (demo-sized model, CPU backend, TP=2, 3 s
 #          traces, lengths in [8, 32], no baseline): a check of the plumbing, not a benchmark.
 # Environment: BUDGET_S, PRELOAD (default 1: register every name before its point, untimed),
 #   ADAPTER_CACHE_MB (pinned host adapter copies, default 49152), BENCH_WORK (default
 #   /tmp/loraserve-bench), RATE (table rate, default 32 req/s), RATES (the rate sweep at n = 100),
-#   HEADLINE_RATE (default 30), POINTS (only points whose name matches this regex), NO_HF=1,
-#   SERVER_FLAGS (extra loraserve flags), METRICS_PORT (default 19464: each point records the server's
-#   step metrics), PYTHON (default python3).
+#   HEADLINE_RATE (default 30), TRACE_S (trace seconds of every point but the target), POINTS (only
+#   points whose name matches this regex), NO_HF=1, SERVER_FLAGS (extra loraserve flags), METRICS_PORT
+#   (default 19464: each point records the server's step metrics), PYTHON (default python3).
 # Outputs in OUT_DIR: results/*.json (one per point), plots/*.png|svg and table.md if gnuplot is there
 # (else run bench/plot.sh OUT_DIR later), sweep.json (what ran, what was skipped), logs/.
 # Commit-ready: copy OUT_DIR's results/, plots/, table.md and sweep.json to bench/results/slora/.
 set -uo pipefail
-[ $# -ge 2 ] || { sed -n '2,28p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,31p' "$0"; exit 2; }
 bundle=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2" && out=$(cd "$2" && pwd)
 mode=${3:-quick}; variant=${4:-7b}
@@ -44,6 +45,7 @@ case $mode in
   full)  budget=${BUDGET_S:-1500}; dur=30; drain=20; pool1=100; pool2=100; hf_cap=90 ;;
   *) echo "mode: quick or full" >&2; exit 2 ;;
 esac
+dur=${TRACE_S:-$dur}
 export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
@@ -51,7 +53,9 @@ device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,no
 device=${device:-no GPU found}
 tp=1; shape=7b; backend=cuda; lens=8,512; kv_mb=98304; weights="random fp16 (tiled)"
 cache_mb=${ADAPTER_CACHE_MB:-49152}   # pinned host copies of the adapters: S1's 2000 fit (S-LoRA keeps all in RAM)
-if [ "$variant" = 13b-tp2 ]; then
+if [ "$variant" = 13b-tp1 ]; then
+  shape=13b
+elif [ "$variant" = 13b-tp2 ]; then
   if [ "$gpus" -ge 2 ]; then tp=2; shape=13b; else log "13b-tp2 needs 2 GPUs ($gpus found): running 7b"; fi
 elif [ "$variant" = tiny-cpu ]; then
   tp=2; shape=tiny; backend=cpu; lens=8,32; kv_mb=256; dur=3; drain=5; pool1=8; pool2=8; NO_HF=1; cache_mb=256
