@@ -14,11 +14,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "common/clock.h"
+#include "bench/copy_ceiling.h"
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops.h"
-
-#define CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { \
-    fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 enum { PAGE_TOKENS = 16, LAYERS = 4, HEAD_DIM = 128, N_HEADS = 32 };
 
@@ -28,24 +26,6 @@ static const shape shapes[] = {
     { 1, 512, 32, 0 }, { 64, 512, 32, 0 }, { 64, 512, 32, 1 }, { 256, 512, 32, 0 }, { 256, 512, 32, 1 },
     { 32, 2048, 32, 1 }, { 8, 4096, 32, 1 }, { 64, 512, 8, 1 }, { 256, 512, 8, 1 }, { 64, 2048, 8, 1 },
 };
-
-/* Copy bandwidth (bytes read + written per second) of a 2 GiB device-to-device copy. */
-static double copy_ceiling(void)
-{
-    size_t n = (size_t)2 << 30;
-    void *a, *b;
-    CHECK(cudaMalloc(&a, n));
-    CHECK(cudaMalloc(&b, n));
-    CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    CHECK(cudaDeviceSynchronize());
-    double t = clock_now_s();
-    for (int i = 0; i < 10; i++) CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    CHECK(cudaDeviceSynchronize());
-    double bw = 2.0 * n * 10 / (clock_now_s() - t);
-    CHECK(cudaFree(a));
-    CHECK(cudaFree(b));
-    return bw;
-}
 
 static uint32_t rng_next(uint64_t *s)
 {
@@ -67,7 +47,7 @@ static void fill_random(uint16_t *dev, size_t n, uint64_t *seed)
     uint16_t *h = malloc(block * sizeof *h);
     for (size_t i = 0; i < block; i++) h[i] = rand_half(seed);
     for (size_t at = 0; at < n; at += block)
-        CHECK(cudaMemcpy(dev + at, h, (n - at < block ? n - at : block) * sizeof *h, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(dev + at, h, (n - at < block ? n - at : block) * sizeof *h, cudaMemcpyHostToDevice));
     free(h);
 }
 
@@ -91,35 +71,35 @@ static run time_shape(const shape *sh, int reps, uint64_t *seed)
     int32_t *d_pages, *d_seq;
     void *scratch;
     size_t scratch_bytes = cuda_paged_attention_scratch_bytes(B, B, N_HEADS, hk, HEAD_DIM);
-    CHECK(cudaMalloc((void **)&pool, n_pages * page_stride * 2));
-    CHECK(cudaMalloc((void **)&q, (size_t)B * N_HEADS * HEAD_DIM * 2));
-    CHECK(cudaMalloc((void **)&out, (size_t)B * N_HEADS * HEAD_DIM * 2));
-    CHECK(cudaMalloc((void **)&d_pages, n_pages * sizeof *d_pages));
-    CHECK(cudaMalloc((void **)&d_seq, 4 * (size_t)B * sizeof *d_seq));
-    CHECK(cudaMalloc(&scratch, scratch_bytes));
+    CUDA_CHECK(cudaMalloc((void **)&pool, n_pages * page_stride * 2));
+    CUDA_CHECK(cudaMalloc((void **)&q, (size_t)B * N_HEADS * HEAD_DIM * 2));
+    CUDA_CHECK(cudaMalloc((void **)&out, (size_t)B * N_HEADS * HEAD_DIM * 2));
+    CUDA_CHECK(cudaMalloc((void **)&d_pages, n_pages * sizeof *d_pages));
+    CUDA_CHECK(cudaMalloc((void **)&d_seq, 4 * (size_t)B * sizeof *d_seq));
+    CUDA_CHECK(cudaMalloc(&scratch, scratch_bytes));
     fill_random(pool, n_pages * page_stride, seed);
     fill_random(q, (size_t)B * N_HEADS * HEAD_DIM, seed);
-    CHECK(cudaMemcpy(d_pages, h_pages, n_pages * sizeof *d_pages, cudaMemcpyHostToDevice));
-    CHECK(cudaMemcpy(d_seq, h_seq, 4 * (size_t)B * sizeof *d_seq, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_pages, h_pages, n_pages * sizeof *d_pages, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_seq, h_seq, 4 * (size_t)B * sizeof *d_seq, cudaMemcpyHostToDevice));
     cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
     run r = { 0, 0 };
     for (int reuse = 1; reuse >= 0; reuse--) {
         for (int i = -3; i < reps; i++) {
-            if (i == 0) CHECK(cudaEventRecord(a, 0));
+            if (i == 0) CUDA_CHECK(cudaEventRecord(a, 0));
             cuda_paged_attention_f16(out, scratch, scratch_bytes, q, pool, page_stride, layer_stride, kv_stride,
                                      PAGE_TOKENS, hk, HEAD_DIM, 0, d_pages, d_seq, d_seq + B, d_seq + 2 * B,
                                      d_seq + 3 * B, B, B, N_HEADS, 0, 0.088f, reuse && i > -3, 0);
         }
-        CHECK(cudaEventRecord(b, 0));
-        CHECK(cudaEventSynchronize(b));
+        CUDA_CHECK(cudaEventRecord(b, 0));
+        CUDA_CHECK(cudaEventSynchronize(b));
         float ms;
-        CHECK(cudaEventElapsedTime(&ms, a, b));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
         if (reuse) r.us = ms * 1e3 / reps;
         else r.plan_us = ms * 1e3 / reps - r.us;
     }
-    CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaGetLastError());
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     cudaFree(pool); cudaFree(q); cudaFree(out); cudaFree(d_pages); cudaFree(d_seq); cudaFree(scratch);
@@ -133,8 +113,8 @@ int main(int argc, char **argv)
     int reps = argc > 1 ? atoi(argv[1]) : 50;
     if (reps < 1) { fprintf(stderr, "usage: attention_bench [REPS >= 1]\n"); return 2; }
     struct cudaDeviceProp prop;
-    CHECK(cudaGetDeviceProperties(&prop, 0));
-    double bw = copy_ceiling();
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    double bw = bench_copy_ceiling();
     time_t now = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "bench/copy_ceiling.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/model_gen.h"
@@ -24,24 +25,6 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "worker/adapter_store.h"
 #include "worker/cuda/forward_cuda.h"
-
-/* Copy bandwidth (bytes read + written per second) of a 2 GiB device-to-device copy. */
-static double copy_ceiling(void)
-{
-    size_t n = (size_t)2 << 30;
-    void *a, *b;
-    cudaMalloc(&a, n);
-    cudaMalloc(&b, n);
-    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
-    cudaDeviceSynchronize();
-    double t = clock_now_s();
-    for (int i = 0; i < 10; i++) cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
-    cudaDeviceSynchronize();
-    double bw = 2.0 * n * 10 / (clock_now_s() - t);
-    cudaFree(a);
-    cudaFree(b);
-    return bw;
-}
 
 /* bf16 GEMM rate (FLOP/s) of 8192^3 products in cuBLAS, fp32 accumulation. */
 static double gemm_ceiling(void)
@@ -283,7 +266,7 @@ int main(int argc, char **argv)
     bench_adapters ad;
     memset(&ad, 0, sizeof ad);
     load_adapters(&ad, &f, &w, argv[1], page_tokens, kv_pages);
-    double bw = copy_ceiling(), rate = gemm_ceiling();
+    double bw = bench_copy_ceiling(), rate = gemm_ceiling();
     const model_config *c = &w.cfg;
     double params = (double)f.dw.bytes / f.esz;         // this rank's weights, elements
     double kv_per_token = (double)c->n_layers * 2 * w.n_kv_heads_local * c->head_dim * f.esz;
