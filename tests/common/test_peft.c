@@ -17,23 +17,11 @@
 #include "common/peft.h"
 #include "common/peft_gen.h"
 #include "common/py_regex.h"
+#include "tests/common/small_base.h"
 #include "tests/tap.h"
 
 static char root[64];
 static model_config base;
-
-/* H 32, I 48, 3 layers, 4 heads of 8, 2 kv heads: q 32 wide, k/v 16, everything splits over TP 2. */
-static model_config small_base(void)
-{
-    model_config c = model_gen_demo_opts(64).cfg;
-    c.hidden_size = 32;
-    c.intermediate_size = 48;
-    c.n_layers = 3;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    return c;
-}
 
 static int rank_of(const peft_adapter *a, int l, lora_module m) { return a->shape.rank[l * LORA_N_MODULES + m]; }
 static float scale_of(const peft_adapter *a, int l, lora_module m) { return a->shape.scale[l * LORA_N_MODULES + m]; }

@@ -14,24 +14,13 @@
 #include "common/peft.h"
 #include "common/peft_gen.h"
 #include "common/safetensors.h"
+#include "tests/common/small_base.h"
 #include "tests/tap.h"
 
 #define POISON 0x7fc0deadu      // a NaN no converter produces: a float still holding it was not written
 
 static char root[64];
 static model_config base;
-
-static model_config small_base(void)
-{
-    model_config c = model_gen_demo_opts(64).cfg;
-    c.hidden_size = 32;
-    c.intermediate_size = 48;
-    c.n_layers = 3;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    return c;
-}
 
 typedef struct tensor_list { st_spec s[64]; char names[64][160]; size_t n; } tensor_list;
 
